@@ -1,0 +1,3 @@
+from dbrollback.cli import main
+
+main()

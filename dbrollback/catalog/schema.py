@@ -1,0 +1,120 @@
+"""The catalog's own migration chain, kept apart from the user's Alembic history.
+
+Each entry is applied once, in order, in one transaction under a transaction-level advisory
+lock, so two processes creating the catalog at the same moment cannot both do it.
+Invariants live in the database as constraints (one running run, append-only audit).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from dbrollback import __version__
+from dbrollback.catalog import SCHEMA
+from dbrollback.catalog.lock import CATALOG_LOCK
+
+CATALOG_MIGRATIONS: list[str] = [
+    # 1: journal and audit
+    """
+    CREATE TABLE dbrollback.catalog_version (
+        version      integer PRIMARY KEY,
+        applied_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+        tool_version text NOT NULL
+    );
+    CREATE TABLE dbrollback.runs (
+        id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        command           text NOT NULL,
+        direction         text CHECK (direction IN ('upgrade', 'downgrade')),
+        status            text NOT NULL
+                          CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
+        started_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+        finished_at       timestamptz,
+        actor             text NOT NULL,
+        os_user           text,
+        host              text,
+        pid               integer,
+        backend_pid       integer,
+        tool_version      text NOT NULL,
+        command_line      text,
+        target            text,
+        from_revisions    text[] NOT NULL DEFAULT '{}',
+        planned_revisions text[] NOT NULL DEFAULT '{}',
+        to_revisions      text[],
+        failed_revision   text,
+        error             text,
+        CONSTRAINT runs_finished_iff_not_running CHECK ((status = 'running') = (finished_at IS NULL))
+    );
+    -- At most one run may be running per database: the advisory lock is the gate, this is the proof.
+    CREATE UNIQUE INDEX runs_one_running ON dbrollback.runs ((true)) WHERE status = 'running';
+    CREATE TABLE dbrollback.run_steps (
+        run_id       bigint NOT NULL REFERENCES dbrollback.runs (id),
+        seq          integer NOT NULL,
+        revision     text NOT NULL,
+        phase        text NOT NULL CHECK (phase IN ('upgrade', 'downgrade')),
+        started_at   timestamptz NOT NULL,
+        finished_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+        status       text NOT NULL CHECK (status IN ('succeeded', 'failed')),
+        attempt      integer NOT NULL DEFAULT 1,
+        error        text,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE dbrollback.audit (
+        id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at            timestamptz NOT NULL DEFAULT clock_timestamp(),
+        command       text NOT NULL,
+        actor         text NOT NULL,
+        os_user       text,
+        host          text,
+        database_user text NOT NULL DEFAULT current_user,
+        run_id        bigint REFERENCES dbrollback.runs (id),
+        details       jsonb NOT NULL DEFAULT '{}'
+    );
+    CREATE FUNCTION dbrollback._dbrb_audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'dbrollback.audit is append-only';
+    END $$;
+    CREATE TRIGGER _dbrb_audit_append_only
+        BEFORE UPDATE OR DELETE OR TRUNCATE ON dbrollback.audit
+        FOR EACH STATEMENT EXECUTE FUNCTION dbrollback._dbrb_audit_append_only();
+    """,
+]
+
+LATEST_VERSION = len(CATALOG_MIGRATIONS)
+
+
+def catalog_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('dbrollback.catalog_version') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def installed_version(conn: psycopg.Connection) -> int:
+    if not catalog_exists(conn):
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM dbrollback.catalog_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def ensure_catalog(conn: psycopg.Connection) -> int:
+    """Create or upgrade the catalog to LATEST_VERSION; returns the version now installed."""
+    if installed_version(conn) == LATEST_VERSION:
+        return LATEST_VERSION
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", CATALOG_LOCK)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+        current = installed_version(conn)
+        if current > LATEST_VERSION:
+            from dbrollback.errors import RefusedForSafety
+
+            raise RefusedForSafety(
+                f"The dbrollback catalog in this database is version {current}, newer than this "
+                f"dbrollback ({__version__}) understands ({LATEST_VERSION}); upgrade dbrollback."
+            )
+        for version in range(current + 1, LATEST_VERSION + 1):
+            conn.execute(CATALOG_MIGRATIONS[version - 1].encode())
+            conn.execute(
+                "INSERT INTO dbrollback.catalog_version (version, tool_version) VALUES (%s, %s)",
+                (version, __version__),
+            )
+    return LATEST_VERSION
