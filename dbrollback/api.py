@@ -126,9 +126,10 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
     project = _project(settings, database)
     with connect(database) as conn:
         runner = MigrationRunner(project, database.sqlalchemy_url, _timeouts(settings))
+        # Resolve the target before touching anything, so bad input changes nothing.
+        heads = _guard_connection(database, runner.current_heads)
+        planned = runner.plan(direction, target, heads)
         if dry_run:
-            heads = _guard_connection(database, runner.current_heads)
-            planned = runner.plan(direction, target, heads)
             return MigrationResult(None, direction, target, list(heads), list(heads), [], [],
                                    database.display, dry_run=True, planned=planned)  # fmt: skip
         ensure_catalog(conn)

@@ -1,0 +1,74 @@
+"""The `dbrollback` command line: click only. Parse flags, call one api function, render."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from dbrollback import __version__
+from dbrollback.cli.state import AppState, global_options
+from dbrollback.errors import EXIT_USAGE, DbrollbackError
+from dbrollback.urls import redact
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dbrollback")
+@global_options
+def cli() -> None:
+    """Safe, verifiable rollback for Alembic migrations on PostgreSQL.
+
+    With no database URL configured anywhere, commands use an embedded PostgreSQL
+    whose data lives in .dbrollback/pgdata.
+
+    Exit codes: 0 success, 1 a check found problems, 2 usage/configuration/connection
+    error, 3 refused for safety (lock held, confirmation missing), 4 a migration failed
+    and was rolled back.
+    """
+
+
+def _register() -> None:
+    from dbrollback.cli import config_cmd, db_cmd, demo_cmd, init_cmd, migrate_cmd, status_cmd
+
+    for module in (migrate_cmd, status_cmd, config_cmd, db_cmd, init_cmd, demo_cmd):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    state = AppState()
+    code = run(argv, state)
+    sys.exit(code)
+
+
+def run(argv: list[str] | None, state: AppState) -> int:
+    """Run the CLI and map every outcome to the exit-code contract."""
+    try:
+        result: Any = cli.main(args=argv, prog_name="dbrollback", obj=state, standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE if exc.exit_code == 1 else exc.exit_code
+    except click.exceptions.Abort:
+        state.console.err.print("Aborted.", markup=False)
+        return EXIT_USAGE
+    except DbrollbackError as exc:
+        if state.debug:
+            traceback.print_exc()
+        state.console.error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        state.console.err.print("Interrupted.", markup=False)
+        return 130
+    except Exception as exc:
+        if state.debug:
+            sys.stderr.write(redact(traceback.format_exc()))
+        state.console.unexpected(exc)
+        return EXIT_USAGE

@@ -1,0 +1,76 @@
+"""upgrade and downgrade."""
+
+from __future__ import annotations
+
+import click
+
+from dbrollback import api
+from dbrollback.cli.state import AppState, global_options, migration_options, pass_state
+
+
+def _render(state: AppState, result: api.MigrationResult) -> None:
+    console = state.console
+    if state.json:
+        console.emit_json(result.to_dict())
+        return
+    heads = lambda hs: ", ".join(hs) or "base"  # noqa: E731
+    if result.dry_run:
+        if not result.planned:
+            console.line(f"Nothing to do: already at {heads(result.from_heads)}.")
+            return
+        console.table(
+            f"Would {result.direction} from {heads(result.from_heads)} (dry run, nothing changed)",
+            ["#", "revision", "phase", "description"],
+            [(i, s.revision, s.phase, s.doc) for i, s in enumerate(result.planned, 1)],
+        )
+        return
+    if not result.applied:
+        console.line(f"Nothing to do: already at {heads(result.to_heads)} (run {result.run_id}).")
+        return
+    console.line(
+        f"{result.direction.capitalize()}d {heads(result.from_heads)} → {heads(result.to_heads)}: "
+        f"{len(result.applied)} revision(s) applied, journaled as run {result.run_id}.",
+        style="green",
+    )
+
+
+def _revision(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Relative targets like -1 look like options; click is told to let them through
+    # (ignore_unknown_options) and anything else that starts with "-" is refused here.
+    if value is not None and value.startswith("-") and not value[1:].isdigit():
+        raise click.UsageError(f"No such option: {value}", ctx=ctx)
+    return value
+
+
+_RELATIVE_OK = {"ignore_unknown_options": True}
+
+
+@click.command(context_settings=_RELATIVE_OK)
+@click.argument("revision", default="heads", required=False, callback=_revision)
+@click.option("--dry-run", is_flag=True, help="Show the revisions that would run; change nothing.")
+@migration_options
+@global_options
+@pass_state
+def upgrade(state: AppState, revision: str, dry_run: bool) -> None:
+    """Apply revisions up to REVISION (default: heads), one transaction each.
+
+    REVISION accepts everything Alembic does: ids, unique prefixes, head, heads,
+    +N, branch@head, branch labels.
+    """
+    result = api.upgrade(state.settings(), revision, dry_run=dry_run, notify=state.console.notice)
+    _render(state, result)
+
+
+@click.command(context_settings=_RELATIVE_OK)
+@click.argument("revision", callback=_revision)
+@click.option("--dry-run", is_flag=True, help="Show the revisions that would run; change nothing.")
+@migration_options
+@global_options
+@pass_state
+def downgrade(state: AppState, revision: str, dry_run: bool) -> None:
+    """Revert revisions down to REVISION (an id, -N, or base), one transaction each."""
+    result = api.downgrade(state.settings(), revision, dry_run=dry_run, notify=state.console.notice)
+    _render(state, result)
+
+
+COMMANDS = [upgrade, downgrade]

@@ -1,0 +1,90 @@
+"""status and history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+
+from dbrollback import api
+from dbrollback.catalog.journal import RunRecord
+from dbrollback.cli.console import Console
+from dbrollback.cli.state import AppState, global_options, pass_state
+
+
+def _when(run: RunRecord) -> str:
+    return run.started_at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(run: RunRecord) -> str:
+    if run.finished_at is None:
+        return "-"
+    return f"{(run.finished_at - run.started_at).total_seconds():.2f}s"
+
+
+def render_runs(console: Console, title: str, runs: Sequence[RunRecord]) -> None:
+    console.table(
+        title,
+        ["run", "started", "took", "command", "target", "status", "applied", "actor@host", "error"],
+        [
+            (r.id, _when(r), _duration(r), r.command, r.target, r.status,
+             " ".join(r.applied_revisions) or "-", f"{r.actor}@{r.host}", r.error)
+            for r in runs
+        ],
+    )  # fmt: skip
+
+
+def render_status(console: Console, report: api.StatusReport) -> None:
+    console.line(f"Database:      {report.database}" + (" (embedded)" if report.embedded else ""))
+    console.line(f"Current heads: {', '.join(report.current_heads) or '(base: nothing applied)'}")
+    console.line(f"Script heads:  {', '.join(report.script_heads) or '(no revisions)'}")
+    if report.lock_holder:
+        console.line(f"Running now:   {report.lock_holder.describe()}", style="yellow")
+    if report.pending:
+        console.table(
+            f"Pending revisions ({len(report.pending)})",
+            ["#", "revision", "description"],
+            [(i, s.revision, s.doc) for i, s in enumerate(report.pending, 1)],
+        )
+    else:
+        console.line("Up to date: no pending revisions.", style="green")
+    for run in report.interrupted_runs:
+        console.line(
+            f"Run {run.id} ({run.command} to {run.target}, started {_when(run)} by {run.actor}) "
+            f"was INTERRUPTED. Applied: {', '.join(run.applied_revisions) or 'nothing'}. "
+            f"Not applied: {', '.join(run.not_applied_revisions) or 'nothing'}.",
+            style="bold yellow",
+        )
+    if report.runs:
+        render_runs(console, "Recent runs", report.runs[:5])
+
+
+@click.command()
+@click.option("--limit", default=10, show_default=True, help="How many recent runs to include.")
+@global_options
+@pass_state
+def status(state: AppState, limit: int) -> None:
+    """Current heads, pending revisions, the last runs and any interrupted run."""
+    report = api.status(state.settings(), limit=limit, notify=state.console.notice)
+    if state.json:
+        state.console.emit_json(report.to_dict())
+    else:
+        render_status(state.console, report)
+
+
+@click.command()
+@click.option("--limit", default=50, show_default=True, help="How many runs to show.")
+@global_options
+@pass_state
+def history(state: AppState, limit: int) -> None:
+    """Runs recorded in this database's journal, newest first."""
+    runs = api.history(state.settings(), limit=limit, notify=state.console.notice)
+    if state.json:
+        state.console.emit_json({"runs": [r.to_dict() for r in runs]})
+    elif not runs:
+        state.console.line("No runs recorded yet.")
+    else:
+        render_runs(state.console, "Run history (newest first)", runs)
+
+
+COMMANDS = [status, history]
