@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,8 @@ def init_project(directory: Path, script_dir_name: str = "migrations") -> InitRe
         script_dir = directory / script_dir_name
         if script_dir.exists() and any(script_dir.iterdir()):
             raise ConfigError(f"{script_dir} exists and is not empty; choose another directory")
-        command.init(Config(str(ini)), str(script_dir), template="generic")
+        with contextlib.redirect_stdout(io.StringIO()):  # alembic prints progress; --json must not
+            command.init(Config(str(ini)), str(script_dir), template="generic")
         # The dbrollback-ready env.py also accepts a connection handed in by the caller.
         (script_dir / "env.py").write_text((shop_project_dir() / "env.py").read_text())
         result.created += [ini, script_dir]

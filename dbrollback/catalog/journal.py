@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -21,8 +22,18 @@ from dbrollback.catalog.schema import catalog_exists
 from dbrollback.urls import redact
 
 
+_command_line: list[str] | None = None
+
+
+def set_command_line(args: list[str]) -> None:
+    """The CLI records the command it is running; library callers default to sys.argv."""
+    global _command_line
+    _command_line = list(args)
+
+
 def command_line() -> str:
-    return redact(" ".join([os.path.basename(sys.argv[0]) or "dbrollback", *sys.argv[1:]]))
+    args = _command_line or [os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]]
+    return redact(shlex.join(args))
 
 
 def os_user() -> str:

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None, state: AppState) -> int:
     """Run the CLI and map every outcome to the exit-code contract."""
+    from dbrollback.catalog.journal import set_command_line
+
+    set_command_line(["dbrollback", *(sys.argv[1:] if argv is None else argv)])
     try:
         result: Any = cli.main(args=argv, prog_name="dbrollback", obj=state, standalone_mode=False)
         return result if isinstance(result, int) else 0

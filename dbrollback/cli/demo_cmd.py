@@ -23,8 +23,8 @@ def demo(state: AppState, customers: int, keep: bool) -> None:
         console.emit_json(report.to_dict())
         return
     console.table("Seeded rows", ["table", "rows"], sorted(report.seeded.items()))
-    render_status(console, report.status)
-    render_runs(console, "History", report.history)
+    render_status(console, report.status, show_runs=False)
+    render_runs(console, "History (newest first)", report.history)
     console.line(f"Demo finished in {report.seconds:.1f}s.", style="green")
     if keep:
         console.line(f"Kept {report.workdir}; stop its server with: "

@@ -34,7 +34,7 @@ def render_runs(console: Console, title: str, runs: Sequence[RunRecord]) -> None
     )  # fmt: skip
 
 
-def render_status(console: Console, report: api.StatusReport) -> None:
+def render_status(console: Console, report: api.StatusReport, show_runs: bool = True) -> None:
     console.line(f"Database:      {report.database}" + (" (embedded)" if report.embedded else ""))
     console.line(f"Current heads: {', '.join(report.current_heads) or '(base: nothing applied)'}")
     console.line(f"Script heads:  {', '.join(report.script_heads) or '(no revisions)'}")
@@ -55,7 +55,7 @@ def render_status(console: Console, report: api.StatusReport) -> None:
             f"Not applied: {', '.join(run.not_applied_revisions) or 'nothing'}.",
             style="bold yellow",
         )
-    if report.runs:
+    if report.runs and show_runs:
         render_runs(console, "Recent runs", report.runs[:5])
 
 

@@ -8,22 +8,28 @@ Based on Alembic's ``generic`` template, with two additions:
   ``context.begin_transaction()`` does).  If that connection is already inside
   a transaction, ``begin_transaction()`` joins it and the caller decides
   whether to commit; otherwise Alembic begins and commits its own transaction.
-* Logging from ``alembic.ini`` is applied without disabling loggers that
-  already exist, and can be skipped entirely by setting
-  ``config.attributes["configure_logger"] = False``.
+* Logging from ``alembic.ini`` is only applied when Alembic runs on its own
+  (no connection handed in), so a host program keeps its logging setup.
+  ``config.attributes["configure_logger"]`` (True/False) overrides that
+  choice.  When applied, loggers that already exist are not disabled.
 """
 
 from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
+from sqlalchemy.engine import Connection
 
 # this is the Alembic Config object, which provides
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+# Interpret the config file for Python logging, unless embedded in a program
+# that handed us its connection (see the module docstring).
+_configure_logger = config.attributes.get(
+    "configure_logger", config.attributes.get("connection") is None
+)
+if config.config_file_name is not None and _configure_logger:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 # The shop migrations are hand-written; no autogenerate support.
@@ -49,7 +55,7 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def _run_with_connection(connection) -> None:
+def _run_with_connection(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata)
 
     with context.begin_transaction():
