@@ -217,8 +217,7 @@ def _heads_or_none(runner: MigrationRunner) -> list[str] | None:
 
 def _applied_in_run(conn: psycopg.Connection, run_id: int | None) -> list[str]:
     rows = conn.execute(
-        "SELECT revision FROM dbrollback.run_steps WHERE run_id = %s AND status = 'succeeded' "
-        "ORDER BY seq",
+        "SELECT revision FROM dbrollback.run_steps WHERE run_id = %s AND status = 'succeeded' ORDER BY seq",
         (run_id,),
     ).fetchall()
     return [r[0] for r in rows]

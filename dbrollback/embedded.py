@@ -117,7 +117,19 @@ class EmbeddedServer:
         with self._file_lock():
             if not self.status().running:
                 return False
-            self._run([str(binary("pg_ctl")), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "60", "stop"])
+            self._run(
+                [
+                    str(binary("pg_ctl")),
+                    "-D",
+                    str(self.pgdata),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "60",
+                    "stop",
+                ]
+            )
             return True
 
     def destroy(self) -> None:

@@ -166,7 +166,11 @@ def load_settings(
         )
     layers: list[tuple[str, Mapping[str, Any], Path]] = [
         ("flag", {k: v for k, v in (cli or {}).items() if v is not None}, cwd),
-        ("env", {k: environ[ENV_PREFIX + k.upper()] for k in fields if ENV_PREFIX + k.upper() in environ}, cwd),
+        (
+            "env",
+            {k: environ[ENV_PREFIX + k.upper()] for k in fields if ENV_PREFIX + k.upper() in environ},
+            cwd,
+        ),
     ]
     if file_path is not None:
         layers.append((file_path.name, file_values, file_path.parent))

@@ -28,13 +28,17 @@ op.execute("INSERT INTO items (id) VALUES (3)")
 
 
 def _project_with_blocking_r3(project: Project) -> None:
-    project.add_revision("r1", None, 'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True))')
+    project.add_revision(
+        "r1", None, 'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True))'
+    )
     project.add_revision("r2", "r1", 'op.execute("INSERT INTO items (id) VALUES (2)")')
     project.add_revision("r3", "r2", WAIT_IN_MIGRATION)
     project.add_revision("r4", "r3", 'op.execute("INSERT INTO items (id) VALUES (4)")')
 
 
-def _start_upgrade(project: Project, database_url: str, tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+def _start_upgrade(
+    project: Project, database_url: str, tmp_path: Path, *args: str
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DBRB_TEST_MARKER": str(tmp_path / "marker"),
            "DBRB_TEST_RELEASE": str(tmp_path / "release"), "DBROLLBACK_ACTOR": "pipeline-7"}  # fmt: skip
     return subprocess.Popen(
@@ -71,7 +75,7 @@ def test_second_upgrade_waits_then_exits_3_naming_the_holder(project, database_u
         assert isinstance(holder["run_id"], int)
     finally:
         (tmp_path / "release").write_text("go")
-        out, err = first.communicate(timeout=120)
+        _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err.decode()
 
 
@@ -87,7 +91,9 @@ def test_waiting_upgrade_proceeds_when_lock_is_released(project, database_url, c
     assert db.execute("SELECT id FROM items ORDER BY id").fetchall() == [(2,), (3,), (4,)]
 
 
-def test_kill_9_during_upgrade_is_reported_interrupted_and_resumable(project, database_url, cli, tmp_path, db):
+def test_kill_9_during_upgrade_is_reported_interrupted_and_resumable(
+    project, database_url, cli, tmp_path, db
+):
     _project_with_blocking_r3(project)
     proc = _start_upgrade(project, database_url, tmp_path)
     _wait_for(tmp_path / "marker", proc)
@@ -118,11 +124,16 @@ def test_kill_9_during_upgrade_is_reported_interrupted_and_resumable(project, da
     resumed = cli("upgrade", "--database-url", database_url)
     assert resumed.code == 0, resumed.err
     assert db.execute("SELECT id FROM items ORDER BY id").fetchall() == [(2,), (3,), (4,)]
-    runs = db.execute("SELECT status, from_revisions, planned_revisions FROM dbrollback.runs ORDER BY id").fetchall()
-    assert runs == [("interrupted", [], ["r1", "r2", "r3", "r4"]), ("succeeded", ["r2"], ["r3", "r4"])]
+    runs = db.execute(
+        "SELECT status, from_revisions, planned_revisions FROM dbrollback.runs ORDER BY id"
+    ).fetchall()
+    assert runs == [
+        ("interrupted", [], ["r1", "r2", "r3", "r4"]),
+        ("succeeded", ["r2"], ["r3", "r4"]),
+    ]
 
 
-def _hold_table_lock(database_url: str, table: str, seconds: float) -> threading.Event:
+def _hold_table_lock(database_url: str, table: str, seconds: float) -> threading.Thread:
     """Hold ACCESS EXCLUSIVE on ``table`` from another session for ``seconds``."""
     locked = threading.Event()
 
@@ -133,13 +144,16 @@ def _hold_table_lock(database_url: str, table: str, seconds: float) -> threading
             time.sleep(seconds)
             conn.rollback()
 
-    threading.Thread(target=hold, daemon=True).start()
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
     assert locked.wait(30)
-    return locked
+    return thread
 
 
 def _lockable_project(project: Project) -> None:
-    project.add_revision("r1", None, 'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True))')
+    project.add_revision(
+        "r1", None, 'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True))'
+    )
     project.add_revision("r2", "r1", 'op.add_column("items", sa.Column("note", sa.Text))')
 
 
@@ -156,14 +170,17 @@ def test_lock_timeout_is_retried_with_backoff(project, database_url, cli, db):
     ).fetchall()
     assert steps[0][:2] == ("r2", "failed") and steps[-1][:2] == ("r2", "succeeded")
     assert steps[-1][2] == len(steps) >= 2
-    assert db.execute("SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'").fetchone() == (1,)
+    assert db.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'"
+    ).fetchone() == (1,)
 
 
 def test_lock_timeout_gives_up_after_retries_exit_4(project, database_url, cli, db):
     _lockable_project(project)
     assert cli("upgrade", "r1", "--database-url", database_url).code == 0
-    _hold_table_lock(database_url, "items", 10)
+    holder = _hold_table_lock(database_url, "items", 3)
     result = cli("upgrade", "--lock-timeout", "100ms", "--lock-retries", "1", "--database-url", database_url)
+    holder.join()
     assert result.code == 4
     assert "lock timeout" in result.err.lower()
     attempts = db.execute(

@@ -50,7 +50,12 @@ def test_init_creates_a_ready_project_that_upgrades(cli, tmp_path, database_url)
     result = cli("init", str(target), "--json", cwd=tmp_path)
     assert result.code == 0
     assert result.json["new_project"] is True
-    for name in ("alembic.ini", "dbrollback.toml", "migrations/env.py", "migrations/script.py.mako"):
+    for name in (
+        "alembic.ini",
+        "dbrollback.toml",
+        "migrations/env.py",
+        "migrations/script.py.mako",
+    ):
         assert (target / name).is_file(), name
     assert 'config.attributes.get("connection")' in (target / "migrations/env.py").read_text()
     (target / "migrations/versions/r1.py").write_text(

@@ -22,7 +22,9 @@ def _ini(path: Path, url: str | None) -> Path:
 
 def test_precedence_flag_env_file_ini_default(tmp_path):
     _ini(tmp_path, "postgresql://ini@h/ini")
-    (tmp_path / "dbrollback.toml").write_text('database_url = "postgresql://toml@h/toml"\nlock_timeout = "9s"\n')
+    (tmp_path / "dbrollback.toml").write_text(
+        'database_url = "postgresql://toml@h/toml"\nlock_timeout = "9s"\n'
+    )
     env = {"DBROLLBACK_DATABASE_URL": "postgresql://env@h/env", "DBROLLBACK_LOCK_WAIT": "2min"}
 
     s = load_settings({"database_url": "postgresql://flag@h/flag"}, cwd=tmp_path, environ=env)

@@ -59,9 +59,15 @@ def _sqlalchemy_url(libpq_url: str) -> str:
     return "postgresql+psycopg://" + rest
 
 
+def _set_url(cfg: Config, database_url: str) -> None:
+    # ConfigParser interpolation: a percent-encoded URL (e.g. a socket path in
+    # ?host=%2Ftmp%2F...) must have its '%' doubled.
+    cfg.set_main_option("sqlalchemy.url", _sqlalchemy_url(database_url).replace("%", "%%"))
+
+
 def _config(database_url: str) -> Config:
     cfg = Config(str(ALEMBIC_INI))
-    cfg.set_main_option("sqlalchemy.url", _sqlalchemy_url(database_url))
+    _set_url(cfg, database_url)
     # Keep pytest's logging handlers in place.
     cfg.attributes["configure_logger"] = False
     return cfg
@@ -89,8 +95,7 @@ def _checksums(conn: psycopg.Connection) -> dict[str, tuple[Any, ...]]:
     for table in SEEDED_TABLES:
         out[table] = _one(
             conn,
-            f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), '')) "
-            f"FROM {table} AS t",
+            f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), '')) FROM {table} AS t",
         )
     return out
 
@@ -172,9 +177,7 @@ def test_seed_contents_at_seed_revision(
     # lower-casing must not create duplicates, or 0004 would fail
     assert _scalar(conn, "SELECT count(DISTINCT lower(email)) FROM customers") == CUSTOMERS
     assert _scalar(conn, "SELECT count(*) FROM customers WHERE strpos(full_name, ' ') = 0") > 0
-    assert (
-        _scalar(conn, "SELECT count(*) FROM customers WHERE full_name ~ '^[^ ]+ [^ ]+ [^ ]+$'") > 0
-    )
+    assert _scalar(conn, "SELECT count(*) FROM customers WHERE full_name ~ '^[^ ]+ [^ ]+ [^ ]+$'") > 0
     assert _scalar(conn, "SELECT count(*) FROM products WHERE weight_kg <> round(weight_kg)") > 0
     null_codes = _scalar(conn, "SELECT count(*) FROM products WHERE legacy_code IS NULL")
     assert 0 < null_codes < counts["products"]
@@ -192,8 +195,7 @@ def test_seed_contents_at_seed_revision(
     # identity sequences were moved past the seeded ids
     new_id = _scalar(
         conn,
-        "INSERT INTO customers (full_name, email) VALUES ('New Person', 'new@example.com') "
-        "RETURNING id",
+        "INSERT INTO customers (full_name, email) VALUES ('New Person', 'new@example.com') RETURNING id",
     )
     assert new_id == CUSTOMERS + 1
 
@@ -210,9 +212,7 @@ def test_seed_leaves_foreign_keys_as_they_were(
     assert _foreign_keys(conn) == before
 
 
-def test_seed_refuses_other_revisions(
-    database_url: str, shop: tuple[Config, psycopg.Connection]
-) -> None:
+def test_seed_refuses_other_revisions(database_url: str, shop: tuple[Config, psycopg.Connection]) -> None:
     cfg, conn = shop
     command.upgrade(cfg, "head")
     with psycopg.connect(database_url) as seed_conn, pytest.raises(RuntimeError, match="0003"):
@@ -227,9 +227,7 @@ def test_upgrade_to_head_transforms_seeded_data(
     customers_before = dict(
         (r[0], (r[1], r[2])) for r in conn.execute("SELECT id, full_name, email FROM customers")
     )
-    weights_before: dict[int, Decimal] = dict(
-        conn.execute("SELECT id, weight_kg FROM products").fetchall()
-    )
+    weights_before: dict[int, Decimal] = dict(conn.execute("SELECT id, weight_kg FROM products").fetchall())
 
     command.upgrade(cfg, "head")
     assert _version(conn) == ["0009_drop_newsletter"]
@@ -252,8 +250,7 @@ def test_upgrade_to_head_transforms_seeded_data(
     columns = {
         (r[0], r[1])
         for r in conn.execute(
-            "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_schema = 'public'"
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
         )
     }
     assert ("products", "legacy_code") not in columns
@@ -267,9 +264,7 @@ def test_downgrade_to_seed_revision_shows_what_is_lost(
     seeded: tuple[Config, psycopg.Connection, dict[str, int]],
 ) -> None:
     cfg, conn, counts = seeded
-    before = {
-        r[0]: r[1:] for r in conn.execute("SELECT id, full_name, email, phone FROM customers")
-    }
+    before = {r[0]: r[1:] for r in conn.execute("SELECT id, full_name, email, phone FROM customers")}
     command.upgrade(cfg, "head")
     command.downgrade(cfg, shop_seed.SEED_REVISION)
     assert _version(conn) == [shop_seed.SEED_REVISION]
@@ -297,9 +292,7 @@ def test_full_downgrade_to_base_and_back(
     command.upgrade(cfg, "head")
     command.downgrade(cfg, "base")
     assert _version(conn) == []
-    tables = [
-        r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    ]
+    tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
     assert tables == ["alembic_version"]
 
     command.upgrade(cfg, "head")
@@ -344,7 +337,7 @@ def test_env_uses_connection_passed_in_attributes(
 def test_offline_sql_generation(database_url: str) -> None:
     buffer = io.StringIO()
     cfg = Config(str(ALEMBIC_INI), output_buffer=buffer)
-    cfg.set_main_option("sqlalchemy.url", _sqlalchemy_url(database_url))
+    _set_url(cfg, database_url)
     cfg.attributes["configure_logger"] = False
     command.upgrade(cfg, "head", sql=True)
     upgrade_sql = buffer.getvalue()

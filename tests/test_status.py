@@ -12,7 +12,10 @@ def test_status_json_contract(project, cli, database_url):
     assert fresh.code == 0
     doc = fresh.json
     assert doc["current_heads"] == []
-    assert doc["pending"] == [{"revision": "r1", "doc": "create a"}, {"revision": "r2", "doc": "add b"}]
+    assert doc["pending"] == [
+        {"revision": "r1", "doc": "create a"},
+        {"revision": "r2", "doc": "add b"},
+    ]
     assert doc["last_run"] is None and doc["runs"] == [] and doc["interrupted_runs"] == []
 
     assert cli("upgrade", "r1", "--database-url", database_url).code == 0
@@ -37,7 +40,10 @@ def test_status_human_output(project, cli, database_url):
 def test_status_does_not_create_anything(project, cli, database_url, db):
     project.add_revision("r1", None, "pass")
     assert cli("status", "--database-url", database_url).code == 0
-    assert db.execute("SELECT to_regnamespace('dbrollback'), to_regclass('alembic_version')").fetchone() == (None, None)
+    assert db.execute("SELECT to_regnamespace('dbrollback'), to_regclass('alembic_version')").fetchone() == (
+        None,
+        None,
+    )
 
 
 def test_history_newest_first_with_failures(project, cli, database_url):
@@ -47,7 +53,10 @@ def test_history_newest_first_with_failures(project, cli, database_url):
     assert cli("upgrade", "--database-url", database_url, "--actor", "bob").code == 4
     doc = cli("history", "--json", "--database-url", database_url).json
     runs = doc["runs"]
-    assert [(r["id"], r["status"], r["actor"]) for r in runs] == [(2, "failed", "bob"), (1, "succeeded", "alice")]
+    assert [(r["id"], r["status"], r["actor"]) for r in runs] == [
+        (2, "failed", "bob"),
+        (1, "succeeded", "alice"),
+    ]
     assert runs[0]["failed_revision"] == "r2" and runs[0]["error"] == "bad r2"
     assert "upgrade" in runs[0]["command_line"]
     human = cli("history", "--database-url", database_url)

@@ -64,9 +64,7 @@ def test_downgrade_and_relative_targets(project, database_url, db, cli):
     assert cli("downgrade", "base", "--database-url", database_url).code == 0
     assert _heads(db) == []
     assert db.execute("SELECT to_regclass('items')").fetchone() == (None,)
-    phases = db.execute(
-        "SELECT direction, planned_revisions FROM dbrollback.runs ORDER BY id"
-    ).fetchall()
+    phases = db.execute("SELECT direction, planned_revisions FROM dbrollback.runs ORDER BY id").fetchall()
     assert phases == [("upgrade", ["r1", "r2"]), ("upgrade", ["r3"]), ("downgrade", ["r3"]),
                       ("downgrade", ["r2", "r1"])]  # fmt: skip
 
@@ -86,7 +84,12 @@ def test_failing_revision_rolls_back_only_itself(project, database_url, db, cli)
     run = db.execute("SELECT status, failed_revision, error, to_revisions FROM dbrollback.runs").fetchone()
     assert run == ("failed", "r4", "r4 is broken", ["r3"])
     steps = db.execute("SELECT revision, status FROM dbrollback.run_steps ORDER BY seq").fetchall()
-    assert steps == [("r1", "succeeded"), ("r2", "succeeded"), ("r3", "succeeded"), ("r4", "failed")]
+    assert steps == [
+        ("r1", "succeeded"),
+        ("r2", "succeeded"),
+        ("r3", "succeeded"),
+        ("r4", "failed"),
+    ]
 
 
 def test_failure_json_names_revision_and_applied(project, database_url, cli):
@@ -107,7 +110,10 @@ def test_unknown_revision_names_closest_and_changes_nothing(project, database_ur
     assert "r9" in result.err and "Closest known" in result.err
     assert "r1" in result.err or "r2" in result.err or "r3" in result.err
     # Nothing was created: no catalog, no version table.
-    assert db.execute("SELECT to_regnamespace('dbrollback'), to_regclass('alembic_version')").fetchone() == (None, None)
+    assert db.execute("SELECT to_regnamespace('dbrollback'), to_regclass('alembic_version')").fetchone() == (
+        None,
+        None,
+    )
 
 
 def test_unknown_revision_api_suggestions(project, database_url):
@@ -131,7 +137,10 @@ def test_dry_run_changes_nothing(project, database_url, db, cli):
     result = cli("upgrade", "--dry-run", "--json", "--database-url", database_url)
     assert result.code == 0
     assert [s["revision"] for s in result.json["planned"]] == ["r1", "r2", "r3"]
-    assert db.execute("SELECT to_regclass('items'), to_regnamespace('dbrollback')").fetchone() == (None, None)
+    assert db.execute("SELECT to_regclass('items'), to_regnamespace('dbrollback')").fetchone() == (
+        None,
+        None,
+    )
 
 
 def test_branches_and_labels_behave_as_in_alembic(project, database_url, db, cli):
@@ -159,7 +168,9 @@ def test_branches_and_labels_behave_as_in_alembic(project, database_url, db, cli
 
 
 def test_revision_prefix_is_accepted(project, database_url, db, cli):
-    project.add_revision("abc123", None, 'op.create_table("p", sa.Column("id", sa.Integer, primary_key=True))')
+    project.add_revision(
+        "abc123", None, 'op.create_table("p", sa.Column("id", sa.Integer, primary_key=True))'
+    )
     assert cli("upgrade", "abc", "--database-url", database_url).code == 0
     assert _heads(db) == ["abc123"]
 

@@ -201,7 +201,7 @@ class MigrationRunner:
             planned = [self._planned(s) for s in steps]
             if self.hooks:
                 self.hooks.planned(heads, planned)
-            return [_StepProxy(s, p, self._before_step) for s, p in zip(steps, planned)]
+            return [_StepProxy(s, p, self._before_step) for s, p in zip(steps, planned, strict=True)]
 
         def on_version_apply(**kw: Any) -> None:
             assert self._current is not None and self._context is not None

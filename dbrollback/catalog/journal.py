@@ -21,7 +21,6 @@ from dbrollback.catalog.lock import lock_is_free
 from dbrollback.catalog.schema import catalog_exists
 from dbrollback.urls import redact
 
-
 _command_line: list[str] | None = None
 
 

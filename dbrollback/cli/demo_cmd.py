@@ -27,8 +27,9 @@ def demo(state: AppState, customers: int, keep: bool) -> None:
     render_runs(console, "History (newest first)", report.history)
     console.line(f"Demo finished in {report.seconds:.1f}s.", style="green")
     if keep:
-        console.line(f"Kept {report.workdir}; stop its server with: "
-                     f"dbrollback db stop  (with DBROLLBACK_EMBEDDED_PGDATA={report.workdir}/pgdata)")  # fmt: skip
+        pgdata = report.workdir / "pgdata"
+        console.line(f"Kept {report.workdir}. Stop its server with:")
+        console.line(f"  DBROLLBACK_EMBEDDED_PGDATA={pgdata} dbrollback db stop")
 
 
 COMMANDS = [demo]
