@@ -198,3 +198,36 @@ def test_one_running_run_is_a_database_invariant(project, database_url, cli, db)
     db.execute(insert)
     with pytest.raises(psycopg.errors.UniqueViolation):
         db.execute(insert)
+
+
+def test_sigterm_rolls_back_the_open_revision_and_journals_interrupted(project, database_url, tmp_path, db):
+    _project_with_blocking_r3(project)
+    proc = _start_upgrade(project, database_url, tmp_path)
+    _wait_for(tmp_path / "marker", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    run = db.execute("SELECT status, to_revisions, finished_at IS NOT NULL FROM dbrollback.runs").fetchone()
+    assert run == ("interrupted", ["r2"], True)
+    assert db.execute("SELECT id FROM items ORDER BY id").fetchall() == [(2,)]
+    assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("r2",)]
+
+
+def test_identifiers_with_quotes_spaces_semicolons_and_unicode(project, database_url, cli, db):
+    name = 'we"ird; tä ble'
+    project.add_revision("r1", None, f"""
+        op.execute("CREATE SCHEMA " + '"Sch; é"')
+        op.create_table({name!r}, sa.Column("Ünï code", sa.Text), schema="Sch; é")
+    """)  # fmt: skip
+    project.add_revision("r2", "r1", f"""
+        op.add_column({name!r}, sa.Column("col'quote", sa.Integer), schema="Sch; é")
+    """)  # fmt: skip
+    result = cli("upgrade", "--database-url", database_url)
+    assert result.code == 0, result.err
+    cols = db.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'Sch; é' "
+        "AND table_name = %s ORDER BY ordinal_position",
+        (name,),
+    ).fetchall()
+    assert cols == [("Ünï code",), ("col'quote",)]
+    assert cli("downgrade", "base", "--database-url", database_url).code == 0

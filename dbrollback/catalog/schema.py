@@ -100,6 +100,18 @@ def ensure_catalog(conn: psycopg.Connection) -> int:
     """Create or upgrade the catalog to LATEST_VERSION; returns the version now installed."""
     if installed_version(conn) == LATEST_VERSION:
         return LATEST_VERSION
+    try:
+        return _migrate_catalog(conn)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        from dbrollback.errors import ConfigError
+
+        raise ConfigError(
+            f"Cannot create the {SCHEMA} catalog schema: {str(exc).strip()}. Grant this role CREATE "
+            f"on the database once, or have an owner run `CREATE SCHEMA {SCHEMA} AUTHORIZATION <role>`."
+        ) from None
+
+
+def _migrate_catalog(conn: psycopg.Connection) -> int:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", CATALOG_LOCK)
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from typing import Any
@@ -12,6 +13,8 @@ from dbrollback import __version__
 from dbrollback.cli.state import AppState, global_options
 from dbrollback.errors import EXIT_USAGE, DbrollbackError
 from dbrollback.urls import redact
+
+EXIT_INTERRUPTED = 130  # the shell's convention for death by SIGINT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +43,14 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # A cancelled pipeline sends SIGTERM: unwind like Ctrl-C so the open revision's transaction
+    # is rolled back and the run is journaled as interrupted, instead of dying mid-write.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     state = AppState()
     code = run(argv, state)
     sys.exit(code)
@@ -59,9 +69,9 @@ def run(argv: list[str] | None, state: AppState) -> int:
     except click.ClickException as exc:
         exc.show()
         return EXIT_USAGE if exc.exit_code == 1 else exc.exit_code
-    except click.exceptions.Abort:
-        state.console.err.print("Aborted.", markup=False)
-        return EXIT_USAGE
+    except click.exceptions.Abort:  # click turns KeyboardInterrupt (and our SIGTERM) into Abort
+        state.console.err.print("Interrupted.", markup=False)
+        return EXIT_INTERRUPTED
     except DbrollbackError as exc:
         if state.debug:
             traceback.print_exc()
@@ -69,7 +79,7 @@ def run(argv: list[str] | None, state: AppState) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         state.console.err.print("Interrupted.", markup=False)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if state.debug:
             sys.stderr.write(redact(traceback.format_exc()))
