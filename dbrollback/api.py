@@ -84,6 +84,10 @@ class _JournalHooks:
                 self.direction, self.direction, self.target, list(current_heads),
                 [s.revision for s in steps],
             )  # fmt: skip
+            # Audited as it starts too, so a run killed midway still leaves an audit trail.
+            audit.record(self.journal.conn, self.direction, self.journal.actor, run_id=self.run_id,
+                         details={"status": "started", "target": self.target,
+                                  "planned": [s.revision for s in steps]})  # fmt: skip
 
     def step_applied(self, connection: Connection, step: PlannedStep, started_at: datetime,
                      attempt: int) -> None:  # fmt: skip

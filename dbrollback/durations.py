@@ -40,6 +40,14 @@ def parse_duration(value: object) -> timedelta:
     return timedelta(seconds=total)
 
 
+def parse_optional_duration(value: object) -> timedelta | None:
+    """Like parse_duration, but None, "", "none", "off" and 0 all mean "no limit" (None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "off"}):
+        return None
+    duration = parse_duration(value)
+    return None if duration == timedelta(0) else duration
+
+
 def format_duration(value: timedelta | None) -> str:
     if value is None:
         return "none"
@@ -52,4 +60,6 @@ def format_duration(value: timedelta | None) -> str:
 
 def postgres_ms(value: timedelta | None) -> str:
     """A value for SET lock_timeout / statement_timeout: milliseconds, 0 meaning no limit."""
-    return "0" if value is None else str(max(1, round(value.total_seconds() * 1000)))
+    if value is None or value <= timedelta(0):
+        return "0"
+    return str(max(1, round(value.total_seconds() * 1000)))

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dbrollback.durations import format_duration, parse_duration
+from dbrollback.durations import format_duration, parse_duration, parse_optional_duration
 from dbrollback.errors import ConfigError
 from dbrollback.urls import display_url, parse_database_url
 
@@ -48,10 +48,17 @@ class Settings(BaseSettings):
     statement_timeout: timedelta | None = Field(None, description="statement_timeout per revision")
     lock_wait: timedelta = Field(timedelta(seconds=60), description="wait for another run's lock")
     lock_retries: int = Field(3, ge=0, description="retries of a revision that hit lock_timeout")
-    actor: str = Field(default_factory=getpass.getuser, description="who is running (journal)")
+    actor: str = Field(default_factory=lambda: _os_user(), description="who is running (journal)")
     embedded_pgdata: Path = Field(Path(".dbrollback/pgdata"), description="embedded server data")
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   *args: Any, **kwargs: Any) -> tuple[Any, ...]:  # fmt: skip
+        # load_settings() reads every layer itself, to know where each value came from;
+        # pydantic-settings must not read the environment a second time behind its back.
+        return (init_settings,)
 
     @field_validator("rollback_window", "lock_timeout", "lock_wait", mode="before")
     @classmethod
@@ -61,10 +68,7 @@ class Settings(BaseSettings):
     @field_validator("statement_timeout", mode="before")
     @classmethod
     def _optional_duration(cls, value: object) -> timedelta | None:
-        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "off"}):
-            return None
-        duration = parse_duration(value)
-        return None if duration == timedelta(0) else duration
+        return parse_optional_duration(value)
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -93,6 +97,13 @@ class Settings(BaseSettings):
             else:
                 out[name] = str(value)
         return out
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container uid without a passwd entry
+        return f"uid-{os.getuid()}"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -197,7 +208,7 @@ def load_settings(
         sources.setdefault(name, SOURCE_DEFAULT)
 
     try:
-        settings = Settings.model_validate(values)
+        settings = Settings(**values)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])} ({sources.get(str(err['loc'][0]), '?')}): {err['msg']}"

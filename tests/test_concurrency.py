@@ -231,3 +231,21 @@ def test_identifiers_with_quotes_spaces_semicolons_and_unicode(project, database
     ).fetchall()
     assert cols == [("Ünï code",), ("col'quote",)]
     assert cli("downgrade", "base", "--database-url", database_url).code == 0
+
+
+def test_lock_retries_are_counted_per_revision(project, database_url, cli, db):
+    project.add_revision(
+        "r1", None, 'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True))'
+    )
+    project.add_revision("r2", "r1", 'op.add_column("items", sa.Column("note", sa.Text))')
+    project.add_revision("r3", "r2", 'op.add_column("items", sa.Column("note2", sa.Text))')
+    assert cli("upgrade", "r1", "--database-url", database_url).code == 0
+    holder = _hold_table_lock(database_url, "items", 0.8)
+    result = cli("upgrade", "--lock-timeout", "100ms", "--lock-retries", "5", "--database-url", database_url)
+    holder.join()
+    assert result.code == 0, result.err
+    steps = db.execute(
+        "SELECT revision, status, attempt FROM dbrollback.run_steps WHERE run_id = 2 ORDER BY seq"
+    ).fetchall()
+    assert [s for s in steps if s[0] == "r3"] == [("r3", "succeeded", 1)]  # r2's retries are r2's
+    assert steps[-2][:2] == ("r2", "succeeded") and steps[-2][2] > 1

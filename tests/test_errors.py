@@ -93,4 +93,18 @@ def test_audit_is_append_only(project, cli, database_url, db):
             assert "append-only" in str(exc)
         else:
             raise AssertionError(f"{statement} was allowed")
-    assert db.execute("SELECT count(*) FROM dbrollback.audit").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM dbrollback.audit").fetchone() == (2,)  # started, succeeded
+
+
+def test_json_mode_usage_error_is_a_json_document(cli, project):
+    result = cli("--json", "downgrade")
+    assert result.code == 2
+    assert result.json["error"] == "usage"
+
+
+def test_global_options_on_command_groups(cli, project, monkeypatch, tmp_path):
+    monkeypatch.setenv("DBROLLBACK_EMBEDDED_PGDATA", str(tmp_path / "none"))
+    for args in (("db", "--json", "status"), ("--json", "db", "status"), ("db", "status", "--json")):
+        result = cli(*args)
+        assert result.code == 0 and result.json["running"] is False
+    assert cli("config", "--json", "show").json["lock_wait"]["value"] == "1min"

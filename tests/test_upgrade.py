@@ -49,8 +49,10 @@ def test_upgrade_applies_and_journals_each_revision(tmp_path, database_url, db, 
     ).fetchall()
     assert steps == [(1, "r1", "upgrade", "succeeded"), (2, "r2", "upgrade", "succeeded"),
                      (3, "r3", "upgrade", "succeeded")]  # fmt: skip
-    audit = db.execute("SELECT command, run_id, details->>'status' FROM dbrollback.audit").fetchall()
-    assert audit == [("upgrade", result.run_id, "succeeded")]
+    audit = db.execute(
+        "SELECT command, run_id, details->>'status' FROM dbrollback.audit ORDER BY id"
+    ).fetchall()
+    assert audit == [("upgrade", result.run_id, "started"), ("upgrade", result.run_id, "succeeded")]
 
 
 def test_downgrade_and_relative_targets(project, database_url, db, cli):
@@ -202,3 +204,22 @@ def test_api_raises_typed_error(project, database_url):
         api.upgrade(settings)
     assert info.value.exit_code == 4
     assert info.value.fields["failed_revision"] == "x1"
+
+
+def test_invalid_revision_options_fail_before_anything_runs(project, database_url, db, cli):
+    project.add_revision("r1", None, 'op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    project.add_revision("r2", "r1", "pass", header='dbrollback_options = {"lock_timeout": "soon"}')
+    result = cli("upgrade", "--database-url", database_url)
+    assert result.code == 2
+    assert "r2" in result.err and "dbrollback_options" in result.err
+    assert db.execute("SELECT to_regclass('a'), to_regnamespace('dbrollback')").fetchone() == (None, None)
+    project.add_revision("r2", "r1", "pass", header='dbrollback_options = {"lock_timout": "5s"}')
+    assert cli("upgrade", "--database-url", database_url).code == 2
+
+
+def test_zero_lock_timeout_means_no_limit(project, database_url, db, cli):
+    project.add_revision("r1", None, """
+        op.execute("CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lt")
+    """)  # fmt: skip
+    assert cli("upgrade", "--lock-timeout", "0", "--database-url", database_url).code == 0
+    assert db.execute("SELECT lt FROM seen").fetchall() == [("0",)]

@@ -18,25 +18,70 @@ from typing import Any, Protocol
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import NullPool, create_engine, text
 from sqlalchemy.engine import Connection
 
 from dbrollback.alembic_bridge.project import AlembicProject
-from dbrollback.durations import parse_duration, postgres_ms
+from dbrollback.durations import parse_optional_duration, postgres_ms
+from dbrollback.errors import ConfigError
 
 # A module-level dict a revision file may define to override settings for that revision only:
 #     dbrollback_options = {"lock_timeout": "30s", "statement_timeout": "10min", "lock_retries": 5}
 REVISION_OPTIONS_ATTRIBUTE = "dbrollback_options"
-_KNOWN_OPTIONS = {"lock_timeout", "statement_timeout", "lock_retries"}
 # Make the server abandon a statement whose client vanished (kill -9) instead of finishing it.
 _CLIENT_CHECK_INTERVAL_MS = "2000"
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    lock_timeout: timedelta
+    lock_timeout: timedelta | None
     statement_timeout: timedelta | None
     lock_retries: int
+
+
+class RevisionOptions(BaseModel):
+    """What a revision's dbrollback_options may set; validated before anything runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lock_timeout: timedelta | None = None
+    statement_timeout: timedelta | None = None
+    lock_retries: int | None = Field(None, ge=0)
+
+    @field_validator("lock_timeout", "statement_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta | None:
+        return parse_optional_duration(value)
+
+    def over(self, defaults: Timeouts) -> Timeouts:
+        given = self.model_fields_set
+        return Timeouts(
+            lock_timeout=self.lock_timeout if "lock_timeout" in given else defaults.lock_timeout,
+            statement_timeout=(
+                self.statement_timeout if "statement_timeout" in given else defaults.statement_timeout
+            ),
+            lock_retries=(
+                self.lock_retries
+                if "lock_retries" in given and self.lock_retries is not None
+                else defaults.lock_retries
+            ),
+        )
+
+
+def revision_timeouts(script: Any, defaults: Timeouts) -> Timeouts:
+    raw = getattr(script.module, REVISION_OPTIONS_ATTRIBUTE, None)
+    if raw is None:
+        return defaults
+    try:
+        return RevisionOptions.model_validate(raw).over(defaults)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(
+            f"Invalid {REVISION_OPTIONS_ATTRIBUTE} in revision {script.revision} ({script.path}): "
+            f"{problems}. Allowed keys: lock_timeout, statement_timeout, lock_retries.",
+            revision=script.revision,
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -44,7 +89,7 @@ class PlannedStep:
     revision: str
     is_upgrade: bool
     doc: str
-    options: dict[str, Any]
+    timeouts: Timeouts
 
     @property
     def phase(self) -> str:
@@ -94,15 +139,6 @@ def is_lock_timeout(error: BaseException) -> bool:
     return False
 
 
-def revision_options(module: Any) -> dict[str, Any]:
-    raw = getattr(module, REVISION_OPTIONS_ATTRIBUTE, None) or {}
-    if not isinstance(raw, dict) or set(raw) - _KNOWN_OPTIONS:
-        raise CommandError(
-            f"{REVISION_OPTIONS_ATTRIBUTE} must be a dict with keys among {sorted(_KNOWN_OPTIONS)}"
-        )
-    return dict(raw)
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -145,6 +181,7 @@ class MigrationRunner:
         self._current_started = _now()
         self._current_journaled = False
         self._attempt = 1
+        self._attempts: dict[str, int] = {}  # lock-timeout attempts per revision in this run
 
     # -- read-only -----------------------------------------------------------------------------
     def current_heads(self) -> tuple[str, ...]:
@@ -164,7 +201,7 @@ class MigrationRunner:
     # -- migrating -----------------------------------------------------------------------------
     def run(self, direction: str, target: str) -> RunOutcome:
         outcome = RunOutcome()
-        self._attempt = 1
+        self._attempts = {}
         while True:
             try:
                 self._attempt_run(direction, target, outcome)
@@ -179,13 +216,12 @@ class MigrationRunner:
                     outcome.applied = [s for s in outcome.applied if s is not step]
                 if self.hooks:
                     self.hooks.step_failed(step, self._current_started, self._attempt, exc)
-                retries = step.options.get("lock_retries", self.timeouts.lock_retries)
-                if is_lock_timeout(exc) and self._attempt <= int(retries):
+                if is_lock_timeout(exc) and self._attempt <= step.timeouts.lock_retries:
                     delay = min(30.0, 0.5 * 2 ** (self._attempt - 1)) * random.uniform(0.8, 1.2)
                     if self.hooks:
                         self.hooks.retrying(step, self._attempt, delay)
                     self._sleep(delay)
-                    self._attempt += 1
+                    self._attempts[step.revision] = self._attempt + 1
                     continue
                 raise StepFailed(step, exc, self._attempt) from exc
         outcome.final_heads = self.current_heads()
@@ -222,10 +258,8 @@ class MigrationRunner:
         self._current = step
         self._current_started = _now()
         self._current_journaled = False
+        self._attempt = self._attempts.get(step.revision, 1)
         assert self._context is not None and self._context.connection is not None
-        lock_timeout = parse_duration(step.options.get("lock_timeout", self.timeouts.lock_timeout))
-        raw_statement = step.options.get("statement_timeout", self.timeouts.statement_timeout)
-        statement = None if raw_statement in (None, 0, "0", "none") else parse_duration(raw_statement)
         # Session-level (is_local false) so the values also hold inside autocommit blocks;
         # they are set again before every revision.
         self._context.connection.execute(
@@ -234,9 +268,12 @@ class MigrationRunner:
                 "set_config('statement_timeout', :st, false), "
                 "set_config('client_connection_check_interval', :cc, false)"
             ),
-            {"lt": postgres_ms(lock_timeout), "st": postgres_ms(statement),
-             "cc": _CLIENT_CHECK_INTERVAL_MS},
-        )  # fmt: skip
+            {
+                "lt": postgres_ms(step.timeouts.lock_timeout),
+                "st": postgres_ms(step.timeouts.statement_timeout),
+                "cc": _CLIENT_CHECK_INTERVAL_MS,
+            },
+        )
 
     # -- plumbing ------------------------------------------------------------------------------
     def _steps(self, direction: str, target: str, heads: tuple[str, ...]) -> list[Any]:
@@ -254,7 +291,7 @@ class MigrationRunner:
             revision=script.revision,
             is_upgrade=bool(step.is_upgrade),
             doc=script.doc or "",
-            options=revision_options(script.module),
+            timeouts=revision_timeouts(script, self.timeouts),
         )
 
     def _run_env(self, fn: Callable[..., Any], extra: dict[str, Any],

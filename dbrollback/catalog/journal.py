@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from dbrollback import __version__
-from dbrollback.catalog.lock import lock_is_free
+from dbrollback.catalog.lock import try_lock, unlock
 from dbrollback.catalog.schema import catalog_exists
 from dbrollback.urls import redact
 
@@ -188,16 +188,26 @@ def record_applied_step(connection: Connection, run_id: int, revision: str, phas
 def mark_interrupted_runs(conn: psycopg.Connection, *, lock_held_by_us: bool) -> list[int]:
     """Runs still marked 'running' whose process is gone become 'interrupted'.
 
-    A running run holds the advisory lock for its whole life, so if the lock is free (or we
-    hold it ourselves) no such run can be alive.
+    A running run holds the advisory lock for its whole life, so while we hold the lock no such
+    run can be alive. Without it, we take it just for this update (and skip if it is busy).
     """
     if not catalog_exists(conn):
         return []
-    if not lock_held_by_us and not lock_is_free(conn):
-        return []
+    if not lock_held_by_us:
+        if not try_lock(conn):
+            return []
+        try:
+            return _mark_running_as_interrupted(conn)
+        finally:
+            unlock(conn)
+    return _mark_running_as_interrupted(conn)
+
+
+def _mark_running_as_interrupted(conn: psycopg.Connection) -> list[int]:
     rows = conn.execute(
         """UPDATE dbrollback.runs SET status = 'interrupted', finished_at = clock_timestamp(),
-               error = coalesce(error, 'process ended before the run finished')
+               error = coalesce(error, 'the process ended before the run finished; '
+                                       'finished_at is when that was detected')
            WHERE status = 'running' RETURNING id"""
     ).fetchall()
     return [r[0] for r in rows]

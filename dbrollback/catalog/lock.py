@@ -57,14 +57,6 @@ def unlock(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_unlock(%s, %s)", RUN_LOCK)
 
 
-def lock_is_free(conn: psycopg.Connection) -> bool:
-    """True when nobody holds the run lock (checked by taking and releasing it)."""
-    if try_lock(conn):
-        unlock(conn)
-        return True
-    return False
-
-
 def find_holder(conn: psycopg.Connection) -> LockHolder | None:
     row = conn.execute(
         """

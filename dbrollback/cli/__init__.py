@@ -67,14 +67,17 @@ def run(argv: list[str] | None, state: AppState) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
+        code = EXIT_USAGE if exc.exit_code == 1 else exc.exit_code
+        if state.json:
+            state.console.emit_json({"error": "usage", "message": exc.format_message()})
         exc.show()
-        return EXIT_USAGE if exc.exit_code == 1 else exc.exit_code
+        return code
     except click.exceptions.Abort:  # click turns KeyboardInterrupt (and our SIGTERM) into Abort
         state.console.err.print("Interrupted.", markup=False)
         return EXIT_INTERRUPTED
     except DbrollbackError as exc:
         if state.debug:
-            traceback.print_exc()
+            sys.stderr.write(redact(traceback.format_exc()))
         state.console.error(exc)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from dbrollback.cli.state import AppState, global_options, migration_options, pa
 
 
 @click.group()
+@global_options
 def config() -> None:
     """Inspect the effective configuration."""
 

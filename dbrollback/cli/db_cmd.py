@@ -13,6 +13,7 @@ def _server(state: AppState) -> EmbeddedServer:
 
 
 @click.group()
+@global_options
 def db() -> None:
     """Manage the embedded PostgreSQL used when no database URL is configured."""
 

@@ -17,8 +17,8 @@ def _when(run: RunRecord) -> str:
 
 
 def _duration(run: RunRecord) -> str:
-    if run.finished_at is None:
-        return "-"
+    if run.finished_at is None or run.status == "interrupted":
+        return "-"  # an interrupted run's end is only known as the moment it was noticed
     return f"{(run.finished_at - run.started_at).total_seconds():.2f}s"
 
 
