@@ -72,7 +72,7 @@ def run(argv: list[str] | None, state: AppState) -> int:
             state.console.emit_json({"error": "usage", "message": exc.format_message()})
         exc.show()
         return code
-    except click.exceptions.Abort:  # click turns KeyboardInterrupt (and our SIGTERM) into Abort
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C/SIGTERM into Abort
         state.console.err.print("Interrupted.", markup=False)
         return EXIT_INTERRUPTED
     except DbrollbackError as exc:
@@ -80,9 +80,6 @@ def run(argv: list[str] | None, state: AppState) -> int:
             sys.stderr.write(redact(traceback.format_exc()))
         state.console.error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        state.console.err.print("Interrupted.", markup=False)
-        return EXIT_INTERRUPTED
     except Exception as exc:
         if state.debug:
             sys.stderr.write(redact(traceback.format_exc()))
