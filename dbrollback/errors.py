@@ -69,3 +69,9 @@ class MigrationFailed(DbrollbackError):
 class CheckFailed(DbrollbackError):
     exit_code = EXIT_CHECK_FAILED
     kind = "check_failed"
+
+
+class SnapshotError(DbrollbackError):
+    """A snapshot cannot be captured, stored or read (missing table, unknown id, bad file)."""
+
+    kind = "snapshot"

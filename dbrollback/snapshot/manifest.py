@@ -1,0 +1,57 @@
+"""The manifest of a snapshot, stored as ``manifest.json`` next to its data files.
+
+A manifest names the database only by its name: never a URL, user, host or password.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+FORMAT_VERSION = 1
+
+
+class ColumnInfo(BaseModel):
+    name: str
+    type: str = Field(description="format_type() text, e.g. 'numeric(10,2)' or 'integer[]'")
+    nullable: bool
+    default: str | None = Field(
+        default=None, description="pg_get_expr() of the default, or of the generation expression"
+    )
+    generated: bool = False
+
+
+class FileEntry(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+
+
+class TableManifest(BaseModel):
+    schema_name: str
+    table_name: str
+    columns: list[ColumnInfo]
+    primary_key: list[str]
+    row_count: int
+    checksum: str
+    files: list[FileEntry]
+    note: str = ""
+
+    @property
+    def copy_columns(self) -> list[str]:
+        """The columns present in the COPY data, in order: all but generated ones."""
+        return [c.name for c in self.columns if not c.generated]
+
+
+class SnapshotManifest(BaseModel):
+    format_version: int = FORMAT_VERSION
+    id: str
+    created_at: datetime
+    run_id: int | None = None
+    revision: str | None = None
+    label: str | None = None
+    server_version: str
+    database: str
+    tables: list[TableManifest]
+    expires_at: datetime | None = None
