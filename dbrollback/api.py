@@ -171,7 +171,7 @@ def _run_journaled(settings: Settings, conn: psycopg.Connection, runner: Migrati
         journal.finish_run(hooks.run_id or 0, "failed", heads, failure.step.revision, error)
         audit.record(conn, direction, settings.actor, run_id=hooks.run_id,
                      details={"status": "failed", "failed_revision": failure.step.revision})  # fmt: skip
-        applied = [r for r in _applied_in_run(conn, hooks.run_id)]
+        applied = _applied_in_run(conn, hooks.run_id)
         raise MigrationFailed(
             f"Revision {failure.step.revision} failed ({failure.step.phase}, attempt "
             f"{failure.attempts}) and its transaction was rolled back: {error}. "

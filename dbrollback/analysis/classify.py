@@ -365,11 +365,7 @@ def _select(sql: str, stmt: ast.SelectStmt) -> StatementEffect:
         tables = [_table(n) for n in stmt.fromClause or () if isinstance(n, ast.RangeVar)]
         table = tables[0] if len(tables) == 1 else None
         kind, reason = "select", "reads data"
-    if modifies:
-        reason += "; a WITH clause modifies data"
-    if unknown:
-        reason += f"; calls unknown function(s) {', '.join(unknown)}, whose effect cannot be known"
-    return StatementEffect(sql, kind, table, (), modifies, opaque=bool(unknown), reason=reason)
+    return _query_effect(sql, kind, table, reason, modifies, unknown)
 
 
 def _create_table_as(sql: str, stmt: ast.CreateTableAsStmt) -> StatementEffect:
@@ -381,10 +377,17 @@ def _create_table_as(sql: str, stmt: ast.CreateTableAsStmt) -> StatementEffect:
         kind, reason = "other", f"creates materialized view {table}"
     else:
         kind, reason = "create_table", f"creates table {table} from a query"
+    return _query_effect(sql, kind, table, reason, modifies, unknown)
+
+
+def _query_effect(sql: str, kind: str, table: TableRef | None, reason: str, modifies: bool,
+                  unknown: list[str]) -> StatementEffect:  # fmt: skip
+    """A query-shaped statement: lossy only through data-modifying CTEs, opaque if it calls
+    functions whose effect cannot be known."""
     if modifies:
         reason += "; a WITH clause modifies data"
     if unknown:
-        reason += f"; calls unknown function(s) {', '.join(unknown)}"
+        reason += f"; calls unknown function(s) {', '.join(unknown)}, whose effect cannot be known"
     return StatementEffect(sql, kind, table, (), modifies, opaque=bool(unknown), reason=reason)
 
 
