@@ -20,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import NullPool, create_engine, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from dbrollback.alembic_bridge.project import AlembicProject
 from dbrollback.durations import parse_optional_duration, postgres_ms
@@ -170,8 +170,10 @@ class _StepProxy:
 
 class MigrationRunner:
     def __init__(self, project: AlembicProject, sqlalchemy_url: str, timeouts: Timeouts,
-                 hooks: RunHooks | None = None, sleep: Callable[[float], None] = time.sleep):  # fmt: skip
+                 hooks: RunHooks | None = None, sleep: Callable[[float], None] = time.sleep,
+                 engine_hook: Callable[[Engine], None] | None = None):  # fmt: skip
         self.project = project
+        self.engine_hook = engine_hook  # e.g. to attach a cursor-execute listener
         self.sqlalchemy_url = sqlalchemy_url
         self.timeouts = timeouts
         self.hooks = hooks
@@ -298,6 +300,8 @@ class MigrationRunner:
                  destination: str | None) -> None:  # fmt: skip
         engine = create_engine(self.sqlalchemy_url, poolclass=NullPool,
                                connect_args={"application_name": "dbrollback migrate"})  # fmt: skip
+        if self.engine_hook is not None:
+            self.engine_hook(engine)
         try:
             with engine.connect() as connection:
                 cfg = self.project.config(connection=connection)

@@ -23,8 +23,8 @@ from psycopg import sql
 from dbrollback import __version__
 from dbrollback.errors import SnapshotError
 from dbrollback.snapshot.checksum import pin_text_settings, table_checksum
-from dbrollback.snapshot.local import LocalStore
 from dbrollback.snapshot.manifest import ColumnInfo, SnapshotManifest, TableManifest
+from dbrollback.snapshot.store import SnapshotStore
 from dbrollback.urls import redact
 
 ZSTD_LEVEL = 3
@@ -105,7 +105,7 @@ def copy_out_query(schema: str, table: str, columns: list[str]) -> sql.Composed:
 
 def capture_tables(
     conn_url: str,
-    store: LocalStore,
+    store: SnapshotStore,
     tables: list[tuple[str, str]],
     *,
     run_id: int | None = None,
@@ -139,7 +139,7 @@ def capture_tables(
 
 def _capture(
     conn_url: str,
-    store: LocalStore,
+    store: SnapshotStore,
     snapshot_id: str,
     tables: list[tuple[str, str]],
     lock_timeout: str,

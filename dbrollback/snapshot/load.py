@@ -9,8 +9,8 @@ import zstandard
 from psycopg import sql
 
 from dbrollback.errors import SnapshotError
-from dbrollback.snapshot.local import LocalStore
 from dbrollback.snapshot.manifest import TableManifest
+from dbrollback.snapshot.store import SnapshotStore
 
 _READ_CHUNK = 1 << 20
 
@@ -25,7 +25,7 @@ def copy_in_query(schema: str, table: str, columns: list[str]) -> sql.Composed:
 
 def load_table_copy(
     conn: psycopg.Connection,
-    store: LocalStore,
+    store: SnapshotStore,
     snapshot_id: str,
     table_manifest: TableManifest,
     target_schema: str,

@@ -61,6 +61,30 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).expanduser().absolute()
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def snapshot_location(self, snapshot_id: str) -> str:
+        return str(self.snapshot_dir(snapshot_id))
+
+    def probe(self) -> None:
+        """Fail now, with a clear message, if snapshots cannot be written here (permissions, space)."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = self.root / f".probe-{secrets.token_hex(4)}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"dbrollback store probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            raise SnapshotError(
+                f"Snapshot store {self.root} is not writable: {exc.strerror or exc}"
+            ) from None
+
     # -- paths --------------------------------------------------------------------------------
     def snapshot_dir(self, snapshot_id: str) -> Path:
         return self.root / _check("id", snapshot_id, _ID_RE)
@@ -101,7 +125,7 @@ class LocalStore:
         _fsync_dir(final.parent)
         return FileEntry(name=name, bytes=size, sha256=digest.hexdigest())
 
-    def publish(self, manifest: SnapshotManifest) -> Path:
+    def publish(self, manifest: SnapshotManifest) -> str:
         """Write manifest.json atomically, last: from now on the snapshot is listed."""
         directory = self.snapshot_dir(manifest.id)
         for table in manifest.tables:
@@ -116,7 +140,18 @@ class LocalStore:
         shutil.rmtree(directory / PARTIAL, ignore_errors=True)
         _fsync_dir(directory)
         _fsync_dir(self.root)
-        return directory / MANIFEST
+        return str(directory)
+
+    def delete(self, snapshot_id: str) -> None:
+        """Remove a published snapshot: the manifest goes first, so it is never half-listed."""
+        directory = self.snapshot_dir(snapshot_id)
+        manifest = directory / MANIFEST
+        if not manifest.is_file():
+            raise SnapshotError(f"No snapshot {snapshot_id} in {self.root}", id=snapshot_id)
+        manifest.unlink()
+        _fsync_dir(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+        _fsync_dir(self.root)
 
     def discard(self, snapshot_id: str) -> None:
         """Remove an unpublished (partial) snapshot; a published one is never touched here."""
