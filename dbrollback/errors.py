@@ -75,3 +75,28 @@ class SnapshotError(DbrollbackError):
     """A snapshot cannot be captured, stored or read (missing table, unknown id, bad file)."""
 
     kind = "snapshot"
+
+
+class SnapshotCorrupt(SnapshotError):
+    """A snapshot file is missing, truncated or does not match its manifest's sha256.
+
+    Commands that would act on the data (restore, rollback) refuse with exit 3; commands whose job
+    is to report (verify, snapshot verify) turn it into exit 1.
+    """
+
+    exit_code = EXIT_REFUSED
+    kind = "snapshot_corrupt"
+
+
+class StoreUnavailable(SnapshotError):
+    """The snapshot store cannot be reached or written; nothing that needs a snapshot may proceed."""
+
+    exit_code = EXIT_REFUSED
+    kind = "store_unavailable"
+
+
+class RestoreFailed(DbrollbackError):
+    """A restore failed and its transaction was rolled back: the live table is unchanged."""
+
+    exit_code = EXIT_FAILED
+    kind = "restore_failed"

@@ -8,7 +8,7 @@ import psycopg
 import zstandard
 from psycopg import sql
 
-from dbrollback.errors import SnapshotError
+from dbrollback.errors import SnapshotCorrupt
 from dbrollback.snapshot.manifest import TableManifest
 from dbrollback.snapshot.store import SnapshotStore
 
@@ -51,14 +51,17 @@ def load_table_copy(
                         try:
                             out = decompressor.decompress(block)
                         except zstandard.ZstdError as exc:
-                            raise SnapshotError(f"{entry.name}: corrupt zstd data: {exc}") from None
+                            raise SnapshotCorrupt(
+                                f"{entry.name}: corrupt zstd data: {exc}", file=entry.name
+                            ) from None
                         if out:
                             copy.write(out)
                 if size != entry.bytes or digest.hexdigest() != entry.sha256:
-                    raise SnapshotError(
-                        f"{entry.name}: sha256 expected {entry.sha256}, actual {digest.hexdigest()}"
-                    )
+                    raise SnapshotCorrupt(
+                        f"{entry.name}: sha256 expected {entry.sha256}, actual {digest.hexdigest()}",
+                        file=entry.name, expected=entry.sha256, actual=digest.hexdigest(),
+                    )  # fmt: skip
                 if not decompressor.eof:
-                    raise SnapshotError(f"{entry.name}: truncated zstd data")
+                    raise SnapshotCorrupt(f"{entry.name}: truncated zstd data", file=entry.name)
         total += max(cur.rowcount, 0)
     return total

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from dbrollback.errors import SnapshotError
+from dbrollback.errors import SnapshotCorrupt, SnapshotError
 from dbrollback.snapshot.manifest import FileEntry, SnapshotManifest
 
 MANIFEST = "manifest.json"
@@ -184,8 +184,8 @@ class LocalStore:
         try:
             return path.open("rb")
         except FileNotFoundError:
-            raise SnapshotError(
-                f"Snapshot {snapshot_id} has no file {name}", id=snapshot_id, name=name
+            raise SnapshotCorrupt(
+                f"Snapshot {snapshot_id}: file {name} is missing", id=snapshot_id, file=name
             ) from None
 
     def verify(self, snapshot_id: str) -> builtins.list[str]:
