@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     lock_retries: int = Field(3, ge=0, description="retries of a revision that hit lock_timeout")
     actor: str = Field(default_factory=lambda: _os_user(), description="who is running (journal)")
     embedded_pgdata: Path = Field(Path(".dbrollback/pgdata"), description="embedded server data")
+    snapshot: Literal["lossy", "touched", "all", "never"] = Field(
+        "lossy", description="which tables upgrade snapshots first: lossy|touched|all|never"
+    )
+    jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64,
+                      description="parallel connections for snapshot reads")  # fmt: skip
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 

@@ -79,6 +79,34 @@ CATALOG_MIGRATIONS: list[str] = [
         BEFORE UPDATE OR DELETE OR TRUNCATE ON dbrollback.audit
         FOR EACH STATEMENT EXECUTE FUNCTION dbrollback._dbrb_audit_append_only();
     """,
+    # 2: snapshots (a copy of what the store holds, for listing; the store is the truth) and the
+    #    WAL position before each revision, for whole-cluster point-in-time recovery.
+    """
+    CREATE TABLE dbrollback.snapshots (
+        id          text PRIMARY KEY,
+        created_at  timestamptz NOT NULL,
+        run_id      bigint REFERENCES dbrollback.runs (id),
+        revision    text,
+        label       text,
+        location    text NOT NULL,
+        tables      text[] NOT NULL,
+        rows        bigint NOT NULL,
+        bytes       bigint NOT NULL,
+        expires_at  timestamptz,
+        deleted_at  timestamptz
+    );
+    CREATE TABLE dbrollback.restore_points (
+        run_id         bigint NOT NULL REFERENCES dbrollback.runs (id),
+        revision       text NOT NULL,
+        at             timestamptz NOT NULL DEFAULT clock_timestamp(),
+        wal_lsn        pg_lsn NOT NULL,
+        name           text,
+        created        boolean NOT NULL,
+        note           text,
+        PRIMARY KEY (run_id, revision)
+    );
+    ALTER TABLE dbrollback.runs ADD COLUMN snapshot_policy text, ADD COLUMN snapshot_skipped boolean;
+    """,
 ]
 
 LATEST_VERSION = len(CATALOG_MIGRATIONS)

@@ -12,23 +12,37 @@ not depend on table size.
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import psycopg
 import zstandard
 from psycopg import sql
+from psycopg.abc import Buffer
 
 from dbrollback import __version__
-from dbrollback.errors import SnapshotError
+from dbrollback.errors import SnapshotError, StoreUnavailable
 from dbrollback.snapshot.checksum import pin_text_settings, table_checksum
-from dbrollback.snapshot.manifest import ColumnInfo, SnapshotManifest, TableManifest
+from dbrollback.snapshot.manifest import ColumnInfo, FileEntry, SnapshotManifest, TableManifest
 from dbrollback.snapshot.store import SnapshotStore
 from dbrollback.urls import redact
 
 ZSTD_LEVEL = 3
 NO_PK_NOTE = "no primary key: not split for parallel reads"
+SPLIT_MIN_ROWS = 200_000  # smaller tables are read by one connection: splitting costs more than it gains
+PARTS_PER_JOB = 2  # more ranges than workers evens out skewed key distributions
+
+_SPLIT_SQL = """
+SELECT a.atttypid::regtype::text, c.reltuples
+FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+WHERE a.attrelid = %s AND a.attname = %s
+"""
+_SPLITTABLE_TYPES = ("smallint", "integer", "bigint")
 
 _TABLE_SQL = """
 SELECT c.oid, c.relkind
@@ -63,7 +77,7 @@ def new_snapshot_id(now: datetime | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-def _compressed(blocks: Iterable[bytes | bytearray | memoryview], level: int = ZSTD_LEVEL) -> Iterator[bytes]:
+def _compressed(blocks: Iterable[Buffer], level: int = ZSTD_LEVEL) -> Iterator[bytes]:
     compressor = zstandard.ZstdCompressor(level=level).compressobj()
     for block in blocks:
         out = compressor.compress(block)
@@ -95,12 +109,36 @@ def _primary_key(conn: psycopg.Connection, oid: int) -> list[str]:
     return [name for (name,) in conn.execute(_PK_SQL, (oid,)).fetchall()]
 
 
-def copy_out_query(schema: str, table: str, columns: list[str]) -> sql.Composed:
-    return sql.SQL("COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT binary)").format(
+def copy_out_query(
+    schema: str, table: str, columns: list[str], where: sql.Composable | None = None
+) -> sql.Composed:
+    return sql.SQL("COPY (SELECT {} FROM {}.{}{}) TO STDOUT (FORMAT binary)").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         sql.Identifier(schema),
         sql.Identifier(table),
+        sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL(""),
     )
+
+
+@dataclass
+class _Part:
+    """One COPY of a table, or of one primary-key range of it, into one file."""
+
+    table_index: int
+    name: str
+    query: sql.Composed
+    entry: FileEntry | None = None
+    rows: int = -1
+
+
+@dataclass
+class _Table:
+    schema: str
+    table: str
+    columns: list[ColumnInfo]
+    primary_key: list[str]
+    note: str
+    parts: list[_Part] = field(default_factory=list)
 
 
 def capture_tables(
@@ -114,10 +152,16 @@ def capture_tables(
     expires_at: datetime | None = None,
     lock_timeout: str = "10s",
     progress: Progress | None = None,
+    jobs: int = 1,
+    split_min_rows: int = SPLIT_MIN_ROWS,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> SnapshotManifest:
     """Capture `tables` ((schema, table) pairs) at one point in time and publish the snapshot.
 
-    `progress` is called after each table, inside the capture transaction. The manifest is
+    With ``jobs > 1``, large tables with a single integer primary key are split into key ranges
+    read by `jobs` connections in parallel; all of them import the first connection's exported
+    snapshot, so every byte still comes from one point in time. `progress` is called after each
+    table, `on_bytes` with the size of each block read (from worker threads). The manifest is
     published only when every table has been written; on any error nothing is listed.
     """
     if not tables:
@@ -126,15 +170,31 @@ def capture_tables(
         raise SnapshotError("A table is listed twice")
     snapshot_id = new_snapshot_id()
     try:
-        snapshot = _capture(conn_url, store, snapshot_id, tables, lock_timeout, progress)
-    except BaseException:
-        store.discard(snapshot_id)  # nothing half-written stays behind
+        snapshot = _capture(conn_url, store, snapshot_id, tables, lock_timeout, progress, jobs,
+                            split_min_rows, on_bytes)  # fmt: skip
+        snapshot = snapshot.model_copy(
+            update={"run_id": run_id, "revision": revision, "label": label, "expires_at": expires_at}
+        )
+        store.publish(snapshot)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            store.discard(snapshot_id)  # nothing half-written stays behind
+        if isinstance(exc, OSError):  # disk full, permissions, quota...
+            raise StoreUnavailable(
+                f"Cannot write snapshot {snapshot_id} to {store.location}: {exc.strerror or exc}"
+            ) from None
         raise
-    snapshot = snapshot.model_copy(
-        update={"run_id": run_id, "revision": revision, "label": label, "expires_at": expires_at}
-    )
-    store.publish(snapshot)
     return snapshot
+
+
+def _connect(conn_url: str, purpose: str) -> psycopg.Connection:
+    try:
+        conn = psycopg.connect(conn_url, application_name=f"dbrollback {__version__} {purpose}")
+    except psycopg.Error as exc:
+        raise SnapshotError(f"Cannot connect for a snapshot: {redact(str(exc)).strip()}") from None
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    return conn
 
 
 def _capture(
@@ -144,67 +204,70 @@ def _capture(
     tables: list[tuple[str, str]],
     lock_timeout: str,
     progress: Progress | None,
+    jobs: int,
+    split_min_rows: int,
+    on_bytes: Callable[[int], None] | None,
 ) -> SnapshotManifest:
     created_at = datetime.now(timezone.utc)
-    try:
-        conn = psycopg.connect(conn_url, application_name=f"dbrollback {__version__} snapshot")
-    except psycopg.Error as exc:
-        raise SnapshotError(f"Cannot connect for a snapshot: {redact(str(exc)).strip()}") from None
-    with conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        captured: list[TableManifest] = []
-        with conn.transaction():
-            # Utility statements first: they do not take the transaction snapshot, so the snapshot
-            # is taken after the locks are granted and no definition can change under us.
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
-            pin_text_settings(conn)
-            try:
-                conn.execute(
-                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                        sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)
-                    )
+    with _connect(conn_url, "snapshot") as conn, conn.transaction():
+        # Utility statements first: they do not take the transaction snapshot, so the snapshot
+        # is taken after the locks are granted and no definition can change under us.
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+        pin_text_settings(conn)
+        try:
+            conn.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                    sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)
                 )
-            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
-                raise SnapshotError(f"Cannot capture: {exc.diag.message_primary or exc}") from None
-            except psycopg.errors.LockNotAvailable:
-                raise SnapshotError(
-                    f"Cannot capture: a table is locked by another session (lock_timeout {lock_timeout})"
-                ) from None
-            server_version = conn.execute("SHOW server_version").fetchone()
-            assert server_version is not None
-            for number, (schema, table) in enumerate(tables, start=1):
-                oid = _table_oid(conn, schema, table)
-                columns = _columns(conn, oid)
-                copy_columns = [c.name for c in columns if not c.generated]
-                if not copy_columns:
+            )
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+            raise SnapshotError(f"Cannot capture: {exc.diag.message_primary or exc}") from None
+        except psycopg.errors.LockNotAvailable:
+            raise SnapshotError(
+                f"Cannot capture: a table is locked by another session (lock_timeout {lock_timeout})"
+            ) from None
+        exported = conn.execute("SELECT pg_export_snapshot()").fetchone() if jobs > 1 else None
+        server_version = conn.execute("SHOW server_version").fetchone()
+        assert server_version is not None
+        work = [_describe(conn, number, schema, table, jobs, split_min_rows)
+                for number, (schema, table) in enumerate(tables, start=1)]  # fmt: skip
+        parts = [part for item in work for part in item.parts]
+        if exported is None:
+            for part in parts:
+                _copy_part(conn, store, snapshot_id, part, on_bytes)
+        else:
+            workers = _ParallelCopy(conn_url, str(exported[0]), min(jobs, len(parts)), store, snapshot_id,
+                                    on_bytes)  # fmt: skip
+            workers.start(parts)
+        captured: list[TableManifest] = []
+        try:
+            for index, item in enumerate(work):
+                # Runs while the workers copy: the checksum is one more scan of the same snapshot.
+                row_count, checksum = table_checksum(conn, item.schema, item.table)
+                if exported is not None:
+                    workers.wait_for(index)
+                copied = sum(p.rows for p in item.parts)
+                if all(p.rows >= 0 for p in item.parts) and copied != row_count:
                     raise SnapshotError(
-                        f"{schema}.{table} has no columns to copy", schema=schema, table=table
+                        f"{item.schema}.{item.table}: COPY returned {copied} rows but the checksum "
+                        f"counted {row_count}"
                     )
-                name = f"{number}.copy.zst"
-                with conn.cursor() as cur:
-                    with cur.copy(copy_out_query(schema, table, copy_columns)) as copy:
-                        entry = store.write_file(snapshot_id, name, _compressed(copy))
-                    copied = cur.rowcount
-                row_count, checksum = table_checksum(conn, schema, table)
-                if copied >= 0 and copied != row_count:
-                    raise SnapshotError(
-                        f"{schema}.{table}: COPY returned {copied} rows but the checksum counted {row_count}"
-                    )
-                primary_key = _primary_key(conn, oid)
                 manifest = TableManifest(
-                    schema_name=schema,
-                    table_name=table,
-                    columns=columns,
-                    primary_key=primary_key,
+                    schema_name=item.schema,
+                    table_name=item.table,
+                    columns=item.columns,
+                    primary_key=item.primary_key,
                     row_count=row_count,
                     checksum=checksum,
-                    files=[entry],
-                    note="" if primary_key else NO_PK_NOTE,
+                    files=[p.entry for p in item.parts if p.entry is not None],
+                    note=item.note,
                 )
                 captured.append(manifest)
                 if progress is not None:
                     progress(manifest)
+        finally:
+            if exported is not None:
+                workers.close()
         database = conn.info.dbname
     return SnapshotManifest(
         id=snapshot_id,
@@ -213,3 +276,125 @@ def _capture(
         database=database,
         tables=captured,
     )
+
+
+def _describe(conn: psycopg.Connection, number: int, schema: str, table: str, jobs: int,
+              split_min_rows: int) -> _Table:  # fmt: skip
+    oid = _table_oid(conn, schema, table)
+    columns = _columns(conn, oid)
+    copy_columns = [c.name for c in columns if not c.generated]
+    if not copy_columns:
+        raise SnapshotError(f"{schema}.{table} has no columns to copy", schema=schema, table=table)
+    primary_key = _primary_key(conn, oid)
+    item = _Table(schema, table, columns, primary_key, "" if primary_key else NO_PK_NOTE)
+    ranges = _key_ranges(conn, oid, schema, table, primary_key, jobs, split_min_rows)
+    if ranges is None:
+        item.parts.append(
+            _Part(number - 1, f"{number}.copy.zst", copy_out_query(schema, table, copy_columns))
+        )
+        return item
+    key = sql.Identifier(primary_key[0])
+    for index, (low, high) in enumerate(ranges, start=1):
+        bounds = [sql.SQL("{} >= {}").format(key, sql.Literal(low))]
+        if high is not None:
+            bounds.append(sql.SQL("{} < {}").format(key, sql.Literal(high)))
+        where = sql.SQL(" AND ").join(bounds)
+        name = f"{number}.{index:03d}.copy.zst"
+        item.parts.append(_Part(number - 1, name, copy_out_query(schema, table, copy_columns, where)))
+    return item
+
+
+def _key_ranges(conn: psycopg.Connection, oid: int, schema: str, table: str, primary_key: list[str],
+                jobs: int, split_min_rows: int) -> list[tuple[int, int | None]] | None:  # fmt: skip
+    """Equal-width ranges of a single integer primary key, or None when the table is not split."""
+    if jobs <= 1 or len(primary_key) != 1:
+        return None
+    row = conn.execute(_SPLIT_SQL, (oid, primary_key[0])).fetchone()
+    if row is None or row[0] not in _SPLITTABLE_TYPES or row[1] < split_min_rows:
+        return None
+    key = sql.Identifier(primary_key[0])
+    bounds = conn.execute(
+        sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(k=key, t=sql.Identifier(schema, table))
+    ).fetchone()
+    if bounds is None or bounds[0] is None:
+        return None
+    low, high = int(bounds[0]), int(bounds[1])
+    count = min(jobs * PARTS_PER_JOB, max(1, high - low + 1))
+    step = (high - low + 1) / count
+    edges = [low + round(step * i) for i in range(count)]
+    return [(edges[i], edges[i + 1] if i + 1 < count else None) for i in range(count)]
+
+
+def _copy_part(conn: psycopg.Connection, store: SnapshotStore, snapshot_id: str, part: _Part,
+               on_bytes: Callable[[int], None] | None) -> None:  # fmt: skip
+    with conn.cursor() as cur:
+        with cur.copy(part.query) as copy:
+            part.entry = store.write_file(snapshot_id, part.name, _compressed(_counted(copy, on_bytes)))
+        part.rows = cur.rowcount
+
+
+def _counted(blocks: Iterable[Buffer], on_bytes: Callable[[int], None] | None) -> Iterator[Buffer]:
+    for block in blocks:
+        if on_bytes is not None:
+            on_bytes(len(block))
+        yield block
+
+
+class _ParallelCopy:
+    """`jobs` threads, each with its own connection importing the exported snapshot.
+
+    Threads suit this work: libpq reads and zstd compression both release the GIL.
+    """
+
+    def __init__(self, conn_url: str, exported: str, jobs: int, store: SnapshotStore, snapshot_id: str,
+                 on_bytes: Callable[[int], None] | None) -> None:  # fmt: skip
+        self.conn_url, self.exported, self.jobs = conn_url, exported, jobs
+        self.store, self.snapshot_id, self.on_bytes = store, snapshot_id, on_bytes
+        self.queue: queue.Queue[_Part | None] = queue.Queue()
+        self.pending: dict[int, int] = {}
+        self.condition = threading.Condition()
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self, parts: list[_Part]) -> None:
+        for part in parts:
+            self.pending[part.table_index] = self.pending.get(part.table_index, 0) + 1
+            self.queue.put(part)
+        for number in range(self.jobs):
+            self.queue.put(None)
+            thread = threading.Thread(target=self._work, name=f"dbrollback-copy-{number}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _work(self) -> None:
+        try:
+            with _connect(self.conn_url, "snapshot worker") as conn, conn.transaction():
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.exported)))
+                while not self.stop.is_set():
+                    part = self.queue.get()
+                    if part is None:
+                        break
+                    _copy_part(conn, self.store, self.snapshot_id, part, self.on_bytes)
+                    with self.condition:
+                        self.pending[part.table_index] -= 1
+                        self.condition.notify_all()
+        except BaseException as exc:
+            with self.condition:
+                self.error = self.error or exc
+                self.stop.set()
+                self.condition.notify_all()
+
+    def wait_for(self, table_index: int) -> None:
+        with self.condition:
+            while self.pending.get(table_index, 0) > 0 and self.error is None:
+                self.condition.wait(0.5)
+            if self.error is not None:
+                raise self.error
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+        if self.error is not None:
+            raise self.error

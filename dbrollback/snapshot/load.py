@@ -39,9 +39,11 @@ def load_table_copy(
     """
     columns = table_manifest.copy_columns
     total = 0
-    with conn.cursor() as cur:
-        with cur.copy(copy_in_query(target_schema, target_table, columns)) as copy:
-            for entry in table_manifest.files:
+    # One COPY per file: each file is a complete binary COPY stream (a table read in parallel key
+    # ranges has one file per range).
+    for entry in table_manifest.files:
+        with conn.cursor() as cur:
+            with cur.copy(copy_in_query(target_schema, target_table, columns)) as copy:
                 digest, size = hashlib.sha256(), 0
                 decompressor = zstandard.ZstdDecompressor().decompressobj()
                 with store.open_file(snapshot_id, entry.name) as fh:
@@ -51,9 +53,8 @@ def load_table_copy(
                         try:
                             out = decompressor.decompress(block)
                         except zstandard.ZstdError as exc:
-                            raise SnapshotCorrupt(
-                                f"{entry.name}: corrupt zstd data: {exc}", file=entry.name
-                            ) from None
+                            message = f"{entry.name}: corrupt zstd data: {exc}"
+                            raise SnapshotCorrupt(message, file=entry.name) from None
                         if out:
                             copy.write(out)
                 if size != entry.bytes or digest.hexdigest() != entry.sha256:
@@ -63,5 +64,5 @@ def load_table_copy(
                     )  # fmt: skip
                 if not decompressor.eof:
                     raise SnapshotCorrupt(f"{entry.name}: truncated zstd data", file=entry.name)
-        total += max(cur.rowcount, 0)
+            total += max(cur.rowcount, 0)
     return total
