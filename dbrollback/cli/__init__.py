@@ -33,9 +33,17 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from dbrollback.cli import config_cmd, db_cmd, demo_cmd, init_cmd, migrate_cmd, status_cmd
+    from dbrollback.cli import (
+        config_cmd,
+        db_cmd,
+        demo_cmd,
+        init_cmd,
+        migrate_cmd,
+        snapshot_cmd,
+        status_cmd,
+    )
 
-    for module in (migrate_cmd, status_cmd, config_cmd, db_cmd, init_cmd, demo_cmd):
+    for module in (migrate_cmd, status_cmd, snapshot_cmd, config_cmd, db_cmd, init_cmd, demo_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 

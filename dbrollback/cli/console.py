@@ -71,3 +71,85 @@ class Console:
                 markup=False,
                 style="bold red",
             )
+
+
+class _RichTask:
+    def __init__(self, progress: Any, task_id: Any) -> None:
+        self._progress = progress
+        self._task_id = task_id
+
+    def advance(self, amount: int) -> None:
+        self._progress.advance(self._task_id, amount)
+
+    def finish(self) -> None:
+        for task in self._progress.tasks:
+            if task.id == self._task_id and task.total is not None:
+                self._progress.update(self._task_id, completed=max(task.completed, task.total))
+        self._progress.stop_task(self._task_id)
+
+
+class _QuietTask:
+    def advance(self, amount: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _amount(value: float, unit: str) -> str:
+    if unit == "bytes":
+        return f"{value / 1e6:,.1f} MB"
+    return f"{value:,.0f} rows"
+
+
+def _make_amount_column() -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class AmountColumn(ProgressColumn):
+        """Done / total and the rate, in MB or rows depending on the task's unit."""
+
+        def render(self, task: Any) -> Text:
+            unit = task.fields.get("unit", "bytes")
+            done = _amount(task.completed, unit)
+            total = f" / {_amount(task.total, unit)}" if task.total else ""
+            speed = task.finished_speed or task.speed
+            rate = f"  {_amount(speed, unit)}/s" if speed else ""
+            return Text(f"{done}{total}{rate}")
+
+    return AmountColumn()
+
+
+class TerminalProgress:
+    """Progress bars with amount, rate and ETA on stderr when it is a terminal.
+
+    Silent when stderr is not a terminal or under --json. Use as a context manager around the
+    call that reports progress.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._progress: Any = None
+        if not console.json_mode and console.err.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                _make_amount_column(),
+                TimeRemainingColumn(),
+                console=console.err,
+            )
+
+    def __enter__(self) -> TerminalProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def task(self, description: str, total: int | None, unit: str = "bytes") -> Any:
+        if self._progress is None:
+            return _QuietTask()
+        return _RichTask(self._progress, self._progress.add_task(description, total=total, unit=unit))

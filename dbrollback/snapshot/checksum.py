@@ -82,7 +82,7 @@ def row_hash_expression(
         column = sql.Identifier(alias, name)
         parts.append(column if verdicts[type_oid] else sql.SQL("{}::text").format(column))
     if not parts:
-        return sql.SQL("0::bigint")
+        return sql.Composed([sql.SQL("0::bigint")])
     return sql.SQL("hash_record_extended(ROW({}), 0)").format(sql.SQL(", ").join(parts))
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from dbrollback.errors import SnapshotCorrupt, SnapshotError
+from dbrollback.errors import SnapshotCorrupt, SnapshotError, StoreUnavailable
 from dbrollback.snapshot.manifest import FileEntry, SnapshotManifest
 
 MANIFEST = "manifest.json"
@@ -81,9 +81,8 @@ class LocalStore:
                 os.close(fd)
                 probe.unlink(missing_ok=True)
         except OSError as exc:
-            raise SnapshotError(
-                f"Snapshot store {self.root} is not writable: {exc.strerror or exc}"
-            ) from None
+            reason = exc.strerror or str(exc)
+            raise StoreUnavailable(f"Snapshot store {self.root} is not writable: {reason}") from None
 
     # -- paths --------------------------------------------------------------------------------
     def snapshot_dir(self, snapshot_id: str) -> Path:

@@ -10,6 +10,7 @@ Store URLs: ``file:///abs/dir`` or a plain path (local directory), and
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -46,7 +47,7 @@ class SnapshotStore(Protocol):
 
     def open_file(self, snapshot_id: str, name: str) -> BinaryIO: ...
 
-    def verify(self, snapshot_id: str) -> list[str]: ...
+    def verify(self, snapshot_id: str) -> builtins.list[str]: ...
 
     def snapshot_location(self, snapshot_id: str) -> str: ...
 
