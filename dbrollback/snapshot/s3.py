@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from typing import Any, BinaryIO
 
 import boto3
-from boto3.s3.transfer import TransferConfig
 from botocore import exceptions as bx
 from botocore.config import Config
 
@@ -39,8 +38,6 @@ PART_SIZE = 8 << 20
 # one file can reach ~430 GiB while at most one part (≤ 80 MiB) is held in memory.
 _PARTS_PER_STEP = 1000
 _MAX_PARTS = 10_000
-# copy_object (used to set the sha256 metadata after a multipart upload) takes at most 5 GiB.
-_MAX_SINGLE_COPY = 5 << 30
 _READ_CHUNK = 1 << 20
 _DELETE_BATCH = 1000
 _SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
@@ -292,25 +289,15 @@ class S3Store:
             else:
                 if buffer:
                     upload.send(bytes(buffer))
+                # The sha256 lives in the manifest; multipart objects carry no metadata copy of it
+                # (setting metadata after the upload would cost a server-side copy of the object).
                 upload.complete()
-                self._set_sha256_metadata(key, size, sha256)
         except BaseException as exc:
             upload.abort()
             if isinstance(exc, _BOTO_ERRORS):
                 raise self._error(exc, f"write {name} of snapshot {snapshot_id}") from None
             raise
         return FileEntry(name=name, bytes=size, sha256=sha256)
-
-    def _set_sha256_metadata(self, key: str, size: int, sha256: str) -> None:
-        """Metadata of a multipart object is fixed before its data: set it by a server-side copy."""
-        args: dict[str, Any] = {"Metadata": {"sha256": sha256}, "MetadataDirective": "REPLACE",
-                                **self._sse_args()}  # fmt: skip
-        source = {"Bucket": self.bucket, "Key": key}
-        if size <= _MAX_SINGLE_COPY:
-            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource=source, **args)
-        else:  # larger objects need a multipart copy, which boto3's managed copy does
-            self.client.copy(source, self.bucket, key, ExtraArgs=args,
-                             Config=TransferConfig(multipart_chunksize=512 << 20))  # fmt: skip
 
     def publish(self, manifest: SnapshotManifest) -> str:
         """Put manifest.json, last, once every data file exists with its size: now it is listed."""
