@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -9,15 +10,24 @@ from typing import Any
 import psycopg
 
 from dbrollback.catalog import audit
-from dbrollback.catalog.schema import ensure_catalog
+from dbrollback.catalog.lock import acquire, unlock
+from dbrollback.catalog.schema import catalog_exists, ensure_catalog
 from dbrollback.catalog.snapshots import mark_deleted, record_snapshot, run_ids_inside_window
 from dbrollback.database import Database, Notify, connect, resolve_database
-from dbrollback.errors import SnapshotError
+from dbrollback.errors import ConfigError, DbrollbackError, RefusedForSafety, SnapshotCorrupt, SnapshotError
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.settings import Settings
 from dbrollback.snapshot.capture import capture_tables
+from dbrollback.snapshot.diff import TableVerification, verify_table
 from dbrollback.snapshot.manifest import SnapshotManifest
-from dbrollback.snapshot.names import QualifiedName, resolve_live_tables, user_tables
+from dbrollback.snapshot.names import QualifiedName, match_snapshot_tables, resolve_live_tables, user_tables
+from dbrollback.snapshot.restore import (
+    RestorePlan,
+    TableRestoreResult,
+    pick_snapshots_at,
+    plan_restore,
+    restore_tables,
+)
 from dbrollback.snapshot.store import SnapshotStore, open_store
 
 
@@ -214,3 +224,176 @@ def _keep_reason(manifest: SnapshotManifest, expires: datetime, now: datetime, s
     if manifest.run_id is not None and manifest.run_id in recent_runs:
         return f"run {manifest.run_id} is still inside the rollback window and needs it"
     return ""
+
+
+@dataclass
+class VerifyReport:
+    snapshot_id: str
+    tables: list[TableVerification]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot_id, "ok": self.ok, "tables": [t.to_dict() for t in self.tables]}
+
+
+def verify(settings: Settings, snapshot_id: str, tables: list[str] | None = None, *,
+           in_schema: str | None = None, max_examples: int = 10, progress: ProgressReporter = SILENT,
+           notify: Notify = _quiet) -> VerifyReport:  # fmt: skip
+    """Compare live tables with a snapshot: counts and checksums, then the differing rows.
+
+    The snapshot's files are checked against their sha256 first; a damaged snapshot raises
+    SnapshotCorrupt before the database is queried. `in_schema` compares with same-named tables
+    in another schema (e.g. one filled by `restore --into-schema`).
+    """
+    store = configured_store(settings)
+    manifest = store.load(snapshot_id)
+    problems = store.verify(snapshot_id)
+    if problems:
+        raise SnapshotCorrupt(f"Snapshot {snapshot_id} is damaged: " + "; ".join(problems),
+                              id=snapshot_id, problems=problems)  # fmt: skip
+    database = resolve_database(settings, notify)
+    with connect(database, "verify") as conn:
+        available = [(t.schema_name, t.table_name) for t in manifest.tables]
+        chosen = match_snapshot_tables(conn, tables, available) if tables else available
+        selected = [t for t in manifest.tables if (t.schema_name, t.table_name) in chosen]
+        task = progress.task("verify", sum(t.row_count for t in selected) or None, "rows")
+        try:
+            results = [
+                verify_table(
+                    conn,
+                    store,
+                    manifest,
+                    table,
+                    live_schema=in_schema,
+                    max_examples=max_examples,
+                    progress=task.advance,
+                )
+                for table in selected
+            ]
+        finally:
+            task.finish()
+        if catalog_exists(conn):
+            audit.record(conn, "verify", settings.actor,
+                         details={"snapshot": snapshot_id, "ok": all(r.ok for r in results),
+                                  "tables": [f"{t.schema}.{t.table}" for t in results]})  # fmt: skip
+    return VerifyReport(snapshot_id, results)
+
+
+@dataclass
+class RestoreReport:
+    plans: list[RestorePlan]
+    results: list[TableRestoreResult] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "plans": [p.to_dict() for p in self.plans],
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+Confirm = Callable[[list[RestorePlan]], bool]
+
+
+def parse_timestamp(text: str) -> datetime:
+    """ISO 8601 (`2026-11-27T10:15:00Z`, `2026-11-27 10:15+01:00`); no zone = this machine's local time."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"Not a timestamp: {text!r} (use ISO 8601, e.g. 2026-11-27T10:15:00Z)") from None
+    return parsed if parsed.tzinfo else parsed.astimezone()
+
+
+def restore(settings: Settings, *, snapshot_id: str | None = None, to_time: datetime | None = None,
+            tables: list[str] | None = None, into_schema: str | None = None, dry_run: bool = False,
+            confirm: Confirm | None = None, progress: ProgressReporter = SILENT,
+            notify: Notify = _quiet) -> RestoreReport:  # fmt: skip
+    """Put tables back to a snapshot's contents (or, with `to_time`, each table to its newest
+    snapshot at or before that time). Every file is checked against its sha256 first.
+
+    `confirm` is shown the plans and must return True, or the restore is refused (exit 3).
+    Tables from one snapshot are restored in one transaction; with `to_time`, tables coming from
+    different snapshots are restored one snapshot after the other.
+    """
+    if (snapshot_id is None) == (to_time is None):
+        raise ConfigError("Give exactly one of --snapshot ID or --to-time TIMESTAMP")
+    store = configured_store(settings)
+    database = resolve_database(settings, notify)
+    with connect(database, "restore") as conn:
+        groups = _restore_groups(conn, store, snapshot_id, to_time, tables)
+        plans = [plan_restore(conn, store, manifest, chosen, into_schema) for manifest, chosen in groups]
+        report = RestoreReport(plans, dry_run=dry_run)
+        if dry_run:
+            return report
+        if confirm is not None and not confirm(plans):
+            raise RefusedForSafety("Restore not confirmed; nothing was changed")
+        for manifest, _ in groups:  # damaged files refuse before anything changes
+            problems = store.verify(manifest.id)
+            if problems:
+                raise SnapshotCorrupt(f"Snapshot {manifest.id} is damaged: " + "; ".join(problems),
+                                      id=manifest.id, problems=problems)  # fmt: skip
+        ensure_catalog(conn)
+        acquire(conn, settings.lock_wait)  # no upgrade or other restore runs meanwhile
+        try:
+            audit.record(conn, "restore", settings.actor,
+                         details={"status": "started", "plans": [p.to_dict() for p in plans]})  # fmt: skip
+            for (manifest, _), plan in zip(groups, plans, strict=True):
+                try:
+                    report.results.extend(_restore_one(settings, database, store, manifest, plan, progress))
+                except DbrollbackError as exc:
+                    audit.record(conn, "restore", settings.actor,
+                                 details={"status": "failed", "snapshot": manifest.id, "error": exc.message,
+                                          "restored": [r.to_dict() for r in report.results]})  # fmt: skip
+                    raise
+            audit.record(conn, "restore", settings.actor,
+                         details={"status": "succeeded",
+                                  "results": [r.to_dict() for r in report.results]})  # fmt: skip
+        finally:
+            unlock(conn)
+    return report
+
+
+def _restore_one(settings: Settings, database: Database, store: SnapshotStore, manifest: SnapshotManifest,
+                 plan: RestorePlan, progress: ProgressReporter) -> list[TableRestoreResult]:  # fmt: skip
+    task = progress.task(
+        f"restore from {manifest.id}", sum(t.snapshot_rows for t in plan.tables) or None, "rows"
+    )
+    try:
+        return restore_tables(
+            database.libpq_url, store, manifest, plan,
+            lock_timeout=f"{int(settings.lock_timeout.total_seconds() * 1000)}ms",
+            retries=settings.lock_retries, progress=lambda _name, rows: task.advance(rows),
+        )  # fmt: skip
+    finally:
+        task.finish()
+
+
+RestoreGroup = tuple[SnapshotManifest, list[QualifiedName] | None]
+
+
+def _restore_groups(conn: psycopg.Connection, store: SnapshotStore, snapshot_id: str | None,
+                    to_time: datetime | None, tables: list[str] | None) -> list[RestoreGroup]:  # fmt: skip
+    if snapshot_id is not None:
+        manifest = store.load(snapshot_id)
+        available = [(t.schema_name, t.table_name) for t in manifest.tables]
+        return [(manifest, match_snapshot_tables(conn, tables, available) if tables else None)]
+    assert to_time is not None
+    manifests = store.list()
+    wanted: list[QualifiedName] | None = None
+    if tables:
+        available = sorted({(t.schema_name, t.table_name) for m in manifests for t in m.tables})
+        wanted = match_snapshot_tables(conn, tables, available)
+    picked = pick_snapshots_at(manifests, to_time, wanted)
+    if not picked:
+        raise SnapshotError(f"No snapshot was taken at or before {to_time.isoformat()}")
+    by_id: dict[str, tuple[SnapshotManifest, list[QualifiedName]]] = {}
+    for table, manifest in picked.items():
+        by_id.setdefault(manifest.id, (manifest, []))[1].append(table)
+    return [(m, chosen) for m, chosen in sorted(by_id.values(), key=lambda g: (g[0].created_at, g[0].id))]
