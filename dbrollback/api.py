@@ -22,10 +22,22 @@ from dbrollback.catalog.journal import (
     record_applied_step,
 )
 from dbrollback.catalog.lock import LockHolder, acquire, find_holder, unlock
+from dbrollback.catalog.restore_points import record_restore_point
 from dbrollback.catalog.schema import ensure_catalog, installed_version
 from dbrollback.database import Database, Notify, connect, resolve_database
-from dbrollback.errors import ConnectionFailed, DbrollbackError, MigrationFailed
+from dbrollback.errors import (
+    EXIT_REFUSED,
+    ConnectionFailed,
+    DbrollbackError,
+    MigrationFailed,
+    RefusedForSafety,
+    SnapshotError,
+)
+from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.settings import Settings
+from dbrollback.snapshot.names import QualifiedName
+from dbrollback.snapshot.store import SnapshotStore
+from dbrollback.snapshot_api import configured_store, take_snapshot
 from dbrollback.urls import redact
 
 
@@ -45,6 +57,9 @@ class MigrationResult:
     database: str
     dry_run: bool = False
     planned: list[PlannedStep] = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    restore_points: list[dict[str, Any]] = field(default_factory=list)
+    snapshot_policy: str = "never"
 
     def to_dict(self) -> dict[str, Any]:
         def step(s: PlannedStep) -> dict[str, Any]:
@@ -61,20 +76,41 @@ class MigrationResult:
             "dry_run": self.dry_run,
             "interrupted_runs_marked": self.interrupted_runs_marked,
             "database": self.database,
+            "snapshot_policy": self.snapshot_policy,
+            "snapshots": self.snapshots,
+            "restore_points": self.restore_points,
         }
+
+
+@dataclass
+class SnapshotDuty:
+    """What the run must snapshot, and where: revision -> tables (taken just before it runs)."""
+
+    policy: str
+    skipped_by_flag: bool = False
+    tables_by_revision: dict[str, list[QualifiedName]] = field(default_factory=dict)
+    store: SnapshotStore | None = None
+    settings: Settings | None = None
+    database: Database | None = None
+    progress: ProgressReporter = SILENT
 
 
 class _JournalHooks:
     """Connects the runner's events to the journal; creates the run row once the plan is known."""
 
-    def __init__(self, journal: Journal, direction: str, target: str, notify: Notify) -> None:
+    def __init__(self, journal: Journal, direction: str, target: str, notify: Notify,
+                 duty: SnapshotDuty | None = None) -> None:  # fmt: skip
         self.journal = journal
         self.direction = direction
         self.target = target
         self.notify = notify
+        self.duty = duty or SnapshotDuty("never")
         self.run_id: int | None = None
         self.from_heads: list[str] = []
         self.plan: list[PlannedStep] = []
+        self.snapshots: list[dict[str, Any]] = []
+        self.restore_points: list[dict[str, Any]] = []
+        self._restore_point_warned = False
 
     def planned(self, current_heads: tuple[str, ...], steps: list[PlannedStep]) -> None:
         if self.run_id is None:
@@ -84,10 +120,52 @@ class _JournalHooks:
                 self.direction, self.direction, self.target, list(current_heads),
                 [s.revision for s in steps],
             )  # fmt: skip
+            self.journal.conn.execute(
+                "UPDATE dbrollback.runs SET snapshot_policy = %s, snapshot_skipped = %s WHERE id = %s",
+                (self.duty.policy, self.duty.skipped_by_flag, self.run_id),
+            )
             # Audited as it starts too, so a run killed midway still leaves an audit trail.
+            details: dict[str, Any] = {"status": "started", "target": self.target,
+                                       "planned": [s.revision for s in steps],
+                                       "snapshot_policy": self.duty.policy}  # fmt: skip
+            if self.duty.skipped_by_flag:
+                details["snapshot"] = "skipped by --no-snapshot"
             audit.record(self.journal.conn, self.direction, self.journal.actor, run_id=self.run_id,
-                         details={"status": "started", "target": self.target,
-                                  "planned": [s.revision for s in steps]})  # fmt: skip
+                         details=details)  # fmt: skip
+
+    def before_step(self, step: PlannedStep) -> None:
+        assert self.run_id is not None
+        conn = self.journal.conn
+        point = record_restore_point(conn, self.run_id, step.revision)
+        self.restore_points.append({"revision": step.revision, "wal_lsn": point.wal_lsn, "name": point.name})
+        if not point.created and not self._restore_point_warned:
+            self._restore_point_warned = True
+            self.notify(f"No named restore points ({point.note}); WAL positions are journaled instead")
+        tables = self.duty.tables_by_revision.get(step.revision)
+        if not tables:
+            return
+        duty = self.duty
+        assert duty.store is not None and duty.settings is not None and duty.database is not None
+        present = [t for t in tables if _table_exists(conn, t)]
+        if not present:
+            return
+        try:
+            manifest = take_snapshot(duty.settings, duty.database, conn, duty.store, present,
+                                     run_id=self.run_id, revision=step.revision,
+                                     progress=duty.progress)  # fmt: skip
+        except SnapshotError as exc:
+            if exc.exit_code == EXIT_REFUSED:
+                raise
+            raise RefusedForSafety(
+                f"The snapshot before {step.revision} could not be taken, so it was not applied: "
+                f"{exc.message}"
+            ) from None
+        names = [f"{s}.{t}" for s, t in present]
+        self.snapshots.append({"id": manifest.id, "revision": step.revision, "tables": names})
+        rows = sum(t.row_count for t in manifest.tables)
+        self.notify(
+            f"Snapshot {manifest.id} taken before {step.revision}: {', '.join(names)} ({rows:,} rows)"
+        )
 
     def step_applied(self, connection: Connection, step: PlannedStep, started_at: datetime,
                      attempt: int) -> None:  # fmt: skip
@@ -123,8 +201,14 @@ def _project(settings: Settings, database: Database) -> AlembicProject:
 
 
 def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = False,
+            snapshot: bool = True, progress: ProgressReporter = SILENT,
             notify: Notify = _quiet) -> MigrationResult:  # fmt: skip
-    """Upgrade or downgrade to ``target``: one transaction per revision, each journaled."""
+    """Upgrade or downgrade to ``target``: one transaction per revision, each journaled.
+
+    An upgrade first works out which revisions destroy data (see dbrollback.analysis.plan) and
+    snapshots the tables they touch just before each of them runs, as `settings.snapshot`
+    says; ``snapshot=False`` (--no-snapshot) skips that and is recorded in the journal and audit.
+    """
     AlembicProject(settings.alembic_config)  # a missing alembic.ini fails before any connection
     database = resolve_database(settings, notify)
     project = _project(settings, database)
@@ -142,12 +226,47 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
             marked = mark_interrupted_runs(conn, lock_held_by_us=True)
             if marked:
                 notify(f"Marked earlier run(s) {', '.join(map(str, marked))} as interrupted")
+            duty = _snapshot_duty(settings, database, direction, target, planned, snapshot, progress, notify)
             journal = Journal(conn, settings.actor)
-            hooks = _JournalHooks(journal, direction, target, notify)
+            hooks = _JournalHooks(journal, direction, target, notify, duty)
             runner.hooks = hooks
             return _run_journaled(settings, conn, runner, hooks, direction, target, marked, database)
         finally:
             unlock(conn)
+
+
+def _snapshot_duty(settings: Settings, database: Database, direction: str, target: str,
+                   planned: list[PlannedStep], snapshot: bool, progress: ProgressReporter,
+                   notify: Notify) -> SnapshotDuty:  # fmt: skip
+    if direction != "upgrade" or not planned:
+        return SnapshotDuty("never")
+    if not snapshot:
+        notify("Snapshots skipped (--no-snapshot); this is recorded in the journal and audit log")
+        return SnapshotDuty(settings.snapshot, skipped_by_flag=True)
+    if settings.snapshot == "never":
+        return SnapshotDuty("never")
+    from dbrollback.analysis.plan import build_plan
+
+    migration_plan = build_plan(settings, target, policy=settings.snapshot, database=database, notify=notify)
+    for warning in migration_plan.warnings:
+        notify(f"Warning: {warning}")
+    by_revision: dict[str, list[QualifiedName]] = {}
+    for snap in migration_plan.snapshots:
+        if snap.tables:
+            by_revision.setdefault(snap.revision, []).extend((t.schema, t.table) for t in snap.tables)
+    duty = SnapshotDuty(settings.snapshot, tables_by_revision=by_revision, settings=settings,
+                        database=database, progress=progress)  # fmt: skip
+    if by_revision:
+        duty.store = configured_store(settings)
+        duty.store.probe()  # an unwritable store refuses the upgrade before anything changes
+    return duty
+
+
+def _table_exists(conn: psycopg.Connection, table: QualifiedName) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass(quote_ident(%s) || '.' || quote_ident(%s)) IS NOT NULL", table
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _guard_connection(database: Database, fn: Callable[[], Any]) -> Any:
@@ -185,9 +304,13 @@ def _run_journaled(settings: Settings, conn: psycopg.Connection, runner: Migrati
             applied=applied,
             current_heads=heads,
         ) from failure
-    except DbrollbackError:
+    except DbrollbackError as exc:
         if hooks.run_id is not None:
-            journal.finish_run(hooks.run_id, "failed", _heads_or_none(runner), None, "aborted")
+            failed = runner.current_step.revision if runner.current_step else None
+            journal.finish_run(hooks.run_id, "failed", _heads_or_none(runner), failed, exc.message)
+            audit.record(conn, direction, settings.actor, run_id=hooks.run_id,
+                         details={"status": "failed", "failed_revision": failed,
+                                  "error": exc.kind})  # fmt: skip
         raise
     except BaseException as exc:
         if hooks.run_id is None and isinstance(exc, SAOperationalError):
@@ -209,7 +332,9 @@ def _run_journaled(settings: Settings, conn: psycopg.Connection, runner: Migrati
                  details={"status": "succeeded", "target": target,
                           "applied": [s.revision for s in outcome.applied]})  # fmt: skip
     return MigrationResult(hooks.run_id, direction, target, hooks.from_heads, to_heads,
-                           outcome.applied, marked, database.display, planned=hooks.plan)  # fmt: skip
+                           outcome.applied, marked, database.display, planned=hooks.plan,
+                           snapshots=hooks.snapshots, restore_points=hooks.restore_points,
+                           snapshot_policy=hooks.duty.policy)  # fmt: skip
 
 
 def _heads_or_none(runner: MigrationRunner) -> list[str] | None:

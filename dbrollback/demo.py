@@ -6,18 +6,19 @@ import importlib.util
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import psycopg
 
-from dbrollback import api
+from dbrollback import api, snapshot_api
 from dbrollback.catalog.journal import RunRecord
 from dbrollback.database import Notify
 from dbrollback.embedded import EmbeddedServer
 from dbrollback.settings import load_settings
+from dbrollback.snapshot_api import RestoreReport, SnapshotSummary, VerifyReport
 
 
 def shop_project_dir() -> Path:
@@ -50,6 +51,9 @@ class DemoReport:
     status: api.StatusReport
     history: list[RunRecord]
     seconds: float
+    snapshots: list[SnapshotSummary] = field(default_factory=list)
+    recovered: RestoreReport | None = None
+    verified: VerifyReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,7 +63,13 @@ class DemoReport:
             "status": self.status.to_dict(),
             "history": [r.to_dict() for r in self.history],
             "seconds": round(self.seconds, 2),
+            "snapshots": [s.to_dict() for s in self.snapshots],
+            "recovered": self.recovered.to_dict() if self.recovered else None,
+            "verified": self.verified.to_dict() if self.verified else None,
         }
+
+
+DROPPED_TABLE_REVISION = "0009_drop_newsletter"
 
 
 def run_demo(customers: int = 2000, keep: bool = False, notify: Notify = print) -> DemoReport:
@@ -83,10 +93,22 @@ def run_demo(customers: int = 2000, keep: bool = False, notify: Notify = print) 
             seeded = seed_module.seed(conn, customers)
         notify("Applying the remaining migrations (data migration, split column, lossy type "
                "change, dropped column and table)")  # fmt: skip
-        api.upgrade(settings, "heads", notify=notify)
+        result = api.upgrade(settings, "heads", notify=notify)
         report = api.status(settings)
         runs = api.history(settings)
-        return DemoReport(workdir, keep, seeded, report, runs, time.monotonic() - started)
+        demo = DemoReport(workdir, keep, seeded, report, runs, time.monotonic() - started,
+                          snapshots=snapshot_api.snapshot_list(settings))  # fmt: skip
+        dropped = next((s for s in result.snapshots if s["revision"] == DROPPED_TABLE_REVISION), None)
+        if dropped is not None:
+            notify(f"Restoring the dropped table newsletter_signups from snapshot {dropped['id']} side "
+                   "by side into schema 'recovered', then verifying it against the snapshot")  # fmt: skip
+            demo.recovered = snapshot_api.restore(settings, snapshot_id=dropped["id"],
+                                                  tables=["newsletter_signups"], into_schema="recovered",
+                                                  notify=notify)  # fmt: skip
+            demo.verified = snapshot_api.verify(settings, dropped["id"], ["newsletter_signups"],
+                                                in_schema="recovered", notify=notify)  # fmt: skip
+        demo.seconds = time.monotonic() - started
+        return demo
     finally:
         if not keep:
             server.destroy()

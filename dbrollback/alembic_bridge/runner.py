@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dbrollback.alembic_bridge.project import AlembicProject
 from dbrollback.durations import parse_optional_duration, postgres_ms
-from dbrollback.errors import ConfigError
+from dbrollback.errors import ConfigError, DbrollbackError
 
 # A module-level dict a revision file may define to override settings for that revision only:
 #     dbrollback_options = {"lock_timeout": "30s", "statement_timeout": "10min", "lock_retries": 5}
@@ -107,6 +107,14 @@ class RunHooks(Protocol):
 
     def retrying(self, step: PlannedStep, attempt: int, delay: float) -> None: ...
 
+    def before_step(self, step: PlannedStep) -> None:
+        """Called just before a revision's migration code runs (its transaction has begun).
+
+        Raising a DbrollbackError here stops the run: the revision's transaction is rolled back
+        and the error propagates unchanged (it is not a failure of the revision itself).
+        """
+        ...
+
 
 @dataclass
 class RunOutcome:
@@ -185,6 +193,11 @@ class MigrationRunner:
         self._attempt = 1
         self._attempts: dict[str, int] = {}  # lock-timeout attempts per revision in this run
 
+    @property
+    def current_step(self) -> PlannedStep | None:
+        """The revision running now (or that was running when the run stopped)."""
+        return self._current
+
     # -- read-only -----------------------------------------------------------------------------
     def current_heads(self) -> tuple[str, ...]:
         """The heads recorded in the database, read through the project's own env.py."""
@@ -208,7 +221,7 @@ class MigrationRunner:
             try:
                 self._attempt_run(direction, target, outcome)
                 break
-            except StepFailed:
+            except (StepFailed, DbrollbackError):
                 raise
             except Exception as exc:
                 step = self._current
@@ -262,6 +275,8 @@ class MigrationRunner:
         self._current_journaled = False
         self._attempt = self._attempts.get(step.revision, 1)
         assert self._context is not None and self._context.connection is not None
+        if self.hooks is not None and self._attempt == 1:
+            self.hooks.before_step(step)
         # Session-level (is_local false) so the values also hold inside autocommit blocks;
         # they are set again before every revision.
         self._context.connection.execute(

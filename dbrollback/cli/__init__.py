@@ -39,12 +39,23 @@ def _register() -> None:
         demo_cmd,
         init_cmd,
         migrate_cmd,
+        plan_cmd,
         restore_cmd,
         snapshot_cmd,
         status_cmd,
     )
 
-    modules = (migrate_cmd, status_cmd, snapshot_cmd, restore_cmd, config_cmd, db_cmd, init_cmd, demo_cmd)
+    modules = (
+        migrate_cmd,
+        plan_cmd,
+        status_cmd,
+        snapshot_cmd,
+        restore_cmd,
+        config_cmd,
+        db_cmd,
+        init_cmd,
+        demo_cmd,
+    )
     for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)

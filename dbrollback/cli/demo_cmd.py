@@ -25,6 +25,20 @@ def demo(state: AppState, customers: int, keep: bool) -> None:
     console.table("Seeded rows", ["table", "rows"], sorted(report.seeded.items()))
     render_status(console, report.status, show_runs=False)
     render_runs(console, "History (newest first)", report.history)
+    if report.snapshots:
+        console.table(
+            "Snapshots taken automatically before the lossy revisions (dbrollback snapshot list)",
+            ["id", "revision", "tables", "rows", "bytes"],
+            [
+                (s.id, s.revision, ", ".join(s.tables), f"{s.rows:,}", f"{s.bytes:,}")
+                for s in report.snapshots
+            ],
+        )
+    if report.verified is not None:
+        for t in report.verified.tables:
+            verdict = "matches the snapshot (rows and checksum)" if t.ok else "DIFFERS from the snapshot"
+            console.line(f"recovered.{t.table}: {t.live_rows:,} rows restored side by side; {verdict}",
+                         style="green" if t.ok else "bold red")  # fmt: skip
     console.line(f"Demo finished in {report.seconds:.1f}s.", style="green")
     if keep:
         pgdata = report.workdir / "pgdata"

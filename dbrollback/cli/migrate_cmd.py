@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from dbrollback import api
+from dbrollback.cli.console import TerminalProgress
 from dbrollback.cli.state import AppState, global_options, migration_options, pass_state
 
 
@@ -27,6 +28,8 @@ def _render(state: AppState, result: api.MigrationResult) -> None:
     if not result.applied:
         console.line(f"Nothing to do: already at {heads(result.to_heads)} (run {result.run_id}).")
         return
+    for snap in result.snapshots:
+        console.line(f"Snapshot {snap['id']} before {snap['revision']}: {', '.join(snap['tables'])}")
     console.line(
         f"{result.direction.capitalize()}d {heads(result.from_heads)} → {heads(result.to_heads)}: "
         f"{len(result.applied)} revision(s) applied, journaled as run {result.run_id}.",
@@ -48,16 +51,32 @@ _RELATIVE_OK = {"ignore_unknown_options": True}
 @click.command(context_settings=_RELATIVE_OK)
 @click.argument("revision", default="heads", required=False, callback=_revision)
 @click.option("--dry-run", is_flag=True, help="Show the revisions that would run; change nothing.")
+@click.option(
+    "--snapshot",
+    "snapshot_policy",
+    type=click.Choice(["lossy", "touched", "all", "never"]),
+    help="Which tables to snapshot first [lossy: those a revision destroys data in].",
+)
+@click.option(
+    "--no-snapshot", is_flag=True, help="Take no snapshot at all (recorded in the journal and audit log)."
+)
+@click.option("--jobs", type=click.IntRange(1, 64), help="Parallel connections for snapshots [cores].")
 @migration_options
 @global_options
 @pass_state
-def upgrade(state: AppState, revision: str, dry_run: bool) -> None:
+def upgrade(state: AppState, revision: str, dry_run: bool, snapshot_policy: str | None, no_snapshot: bool,
+            jobs: int | None) -> None:  # fmt: skip
     """Apply revisions up to REVISION (default: heads), one transaction each.
 
     REVISION accepts everything Alembic does: ids, unique prefixes, head, heads,
-    +N, branch@head, branch labels.
+    +N, branch@head, branch labels. Before each revision that destroys data, the tables it
+    touches are snapshotted to the store (see `dbrollback plan`); an unwritable store
+    refuses the upgrade (exit 3) before anything changes.
     """
-    result = api.upgrade(state.settings(), revision, dry_run=dry_run, notify=state.console.notice)
+    settings = state.settings(snapshot=snapshot_policy, jobs=jobs)
+    with TerminalProgress(state.console) as progress:
+        result = api.upgrade(settings, revision, dry_run=dry_run, snapshot=not no_snapshot,
+                             progress=progress, notify=state.console.notice)  # fmt: skip
     _render(state, result)
 
 
