@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -45,8 +46,24 @@ def sqlalchemy_url(url: URL) -> str:
 
 
 def libpq_url(url: URL) -> str:
-    """The same URL in libpq's spelling, for psycopg.connect and command-line tools."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    """The same URL in libpq's spelling, for psycopg.connect and command-line tools.
+
+    Built by hand rather than with SQLAlchemy's renderer, which leaves spaces in user names and
+    passwords unencoded (libpq rejects those).
+    """
+    netloc = ""
+    if url.username is not None:
+        netloc = quote(url.username, safe="")
+        if url.password is not None:
+            netloc += ":" + quote(str(url.password), safe="")
+        netloc += "@"
+    if url.host:
+        netloc += f"[{url.host}]" if ":" in url.host and not url.host.startswith("[") else url.host
+    if url.port is not None:
+        netloc += f":{url.port}"
+    path = "/" + quote(url.database, safe="") if url.database else "/"
+    query = urlencode(sorted(url.query.items()), doseq=True, quote_via=quote)
+    return f"postgresql://{netloc}{path}" + (f"?{query}" if query else "")
 
 
 def display_url(url: URL | str) -> str:

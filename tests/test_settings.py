@@ -138,3 +138,17 @@ def test_global_options_before_and_after_subcommand(cli, project, database_url):
     alt = cli("-c", str(project.ini), "--json", "status", "--database-url", database_url,
               cwd=project.root.parent)  # fmt: skip
     assert alt.code == 0 and alt.json["script_heads"] == ["r1"]
+
+
+def test_libpq_url_encodes_spaces_and_specials_in_credentials() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from dbrollback.urls import libpq_url, parse_database_url
+
+    url = parse_database_url("postgresql://my%20user:p%20w%40d%2F%3A@db.example:6432/my%20db?sslmode=require")
+    assert conninfo_to_dict(libpq_url(url)) == {
+        "user": "my user", "password": "p w@d/:", "host": "db.example", "port": "6432",
+        "dbname": "my db", "sslmode": "require",
+    }  # fmt: skip
+    socket = parse_database_url("postgresql://postgres@/postgres?host=%2Ftmp%2Fsock%20dir&port=5432")
+    assert conninfo_to_dict(libpq_url(socket))["host"] == "/tmp/sock dir"
