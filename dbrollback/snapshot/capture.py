@@ -98,14 +98,14 @@ def _table_oid(conn: psycopg.Connection, schema: str, table: str) -> int:
     return int(oid)
 
 
-def _columns(conn: psycopg.Connection, oid: int) -> list[ColumnInfo]:
+def table_columns(conn: psycopg.Connection, oid: int) -> list[ColumnInfo]:
     return [
         ColumnInfo(name=name, type=type_, nullable=not notnull, default=default, generated=generated)
         for name, type_, notnull, default, generated in conn.execute(_COLUMNS_SQL, (oid,)).fetchall()
     ]
 
 
-def _primary_key(conn: psycopg.Connection, oid: int) -> list[str]:
+def primary_key_columns(conn: psycopg.Connection, oid: int) -> list[str]:
     return [name for (name,) in conn.execute(_PK_SQL, (oid,)).fetchall()]
 
 
@@ -281,11 +281,11 @@ def _capture(
 def _describe(conn: psycopg.Connection, number: int, schema: str, table: str, jobs: int,
               split_min_rows: int) -> _Table:  # fmt: skip
     oid = _table_oid(conn, schema, table)
-    columns = _columns(conn, oid)
+    columns = table_columns(conn, oid)
     copy_columns = [c.name for c in columns if not c.generated]
     if not copy_columns:
         raise SnapshotError(f"{schema}.{table} has no columns to copy", schema=schema, table=table)
-    primary_key = _primary_key(conn, oid)
+    primary_key = primary_key_columns(conn, oid)
     item = _Table(schema, table, columns, primary_key, "" if primary_key else NO_PK_NOTE)
     ranges = _key_ranges(conn, oid, schema, table, primary_key, jobs, split_min_rows)
     if ranges is None:

@@ -45,7 +45,7 @@ def pin_text_settings(conn: psycopg.Connection) -> None:
         conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(name), sql.Literal(value)))
 
 
-def _has_extended_hash(conn: psycopg.Connection, type_name: str) -> bool:
+def has_extended_hash(conn: psycopg.Connection, type_name: str) -> bool:
     # The type cache resolves arrays, ranges, domains and composites to their elements, and is
     # consulted even for a NULL value: a cheap, exact test.
     try:
@@ -78,7 +78,7 @@ def row_hash_expression(
         type_oid, type_name = found[name]
         if type_oid not in verdicts:
             # format_type() output is already a quoted, valid type name.
-            verdicts[type_oid] = _has_extended_hash(conn, type_name)
+            verdicts[type_oid] = has_extended_hash(conn, type_name)
         column = sql.Identifier(alias, name)
         parts.append(column if verdicts[type_oid] else sql.SQL("{}::text").format(column))
     if not parts:

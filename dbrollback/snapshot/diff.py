@@ -36,9 +36,9 @@ from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoade
 
 from dbrollback.catalog import OBJECT_PREFIX
 from dbrollback.errors import SnapshotCorrupt, SnapshotError
-from dbrollback.snapshot.capture import _columns, _primary_key
+from dbrollback.snapshot.capture import primary_key_columns, table_columns
 from dbrollback.snapshot.checksum import (
-    _has_extended_hash,
+    has_extended_hash,
     pin_text_settings,
     row_hash_expression,
     table_checksum,
@@ -307,7 +307,7 @@ def _verify(
         notes.append(f"{schema}.{name} is not a table (relkind {relkind!r})")
         return result(False, None, None)
 
-    live_columns = {c.name: c for c in _columns(conn, oid)}
+    live_columns = {c.name: c for c in table_columns(conn, oid)}
     layout = _layout(table, live_columns)
     live_checksum: str | None = None
     if layout.identical:
@@ -328,7 +328,7 @@ def _verify(
         return result(False, live_rows, live_checksum)
 
     compared = layout.compared
-    live_pk = _primary_key(conn, oid)
+    live_pk = primary_key_columns(conn, oid)
     key = table.primary_key
     if not key:
         notes.append(NO_PK_NOTE)
@@ -344,7 +344,7 @@ def _verify(
     snap_side = _Side(
         copy.schema, copy.table, row_hash_expression(conn, copy.schema, copy.table, "t", compared)
     )
-    hashable = {t: _has_extended_hash(conn, t) for t in {_type_of(table, n) for n in compared}}
+    hashable = {t: has_extended_hash(conn, t) for t in {_type_of(table, n) for n in compared}}
     by_text = {n for n in compared if not hashable[_type_of(table, n)]}
     if key:
         bisector = _Bisector(

@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from dbrollback.errors import SnapshotCorrupt, SnapshotError, StoreUnavailable
 from dbrollback.snapshot.manifest import FileEntry, SnapshotManifest
+from dbrollback.snapshot.store import file_problem
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
@@ -195,17 +196,8 @@ class LocalStore:
         for table in manifest.tables:
             for entry in table.files:
                 path = directory / entry.name
-                if not path.is_file():
-                    problems.append(
-                        f"{entry.name}: missing (expected {entry.bytes} bytes, sha256 {entry.sha256})"
-                    )
-                    continue
-                size, sha = _hash_file(path)
-                if size != entry.bytes:
-                    problems.append(
-                        f"{entry.name}: size {size} bytes, expected {entry.bytes} bytes; "
-                        f"sha256 expected {entry.sha256}, actual {sha}"
-                    )
-                elif sha != entry.sha256:
-                    problems.append(f"{entry.name}: sha256 mismatch: expected {entry.sha256}, actual {sha}")
+                size, sha = _hash_file(path) if path.is_file() else (None, None)
+                problem = file_problem(entry, size, sha)
+                if problem:
+                    problems.append(problem)
         return problems

@@ -69,6 +69,7 @@ from dbrollback.errors import (
     SnapshotCorrupt,
     SnapshotError,
 )
+from dbrollback.snapshot.capture import primary_key_columns
 from dbrollback.snapshot.checksum import table_checksum
 from dbrollback.snapshot.load import load_table_copy
 from dbrollback.snapshot.manifest import SnapshotManifest, TableManifest
@@ -97,15 +98,6 @@ FROM pg_catalog.pg_attribute a
 LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
-"""
-
-_PK_SQL = """
-SELECT a.attname
-FROM pg_catalog.pg_index i
-CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-WHERE i.indrelid = %s AND i.indisprimary
-ORDER BY k.ord
 """
 
 # conparentid = 0: a foreign key to a partitioned table is listed once, not once per partition.
@@ -235,10 +227,6 @@ def _relation(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, s
 
 def _live_columns(conn: psycopg.Connection, oid: int) -> list[_LiveColumn]:
     return [_LiveColumn(*row) for row in conn.execute(_LIVE_COLUMNS_SQL, (oid,)).fetchall()]
-
-
-def _primary_key(conn: psycopg.Connection, oid: int) -> list[str]:
-    return [name for (name,) in conn.execute(_PK_SQL, (oid,)).fetchall()]
 
 
 def _quote(conn: psycopg.Connection, *names: str) -> str:
@@ -405,7 +393,11 @@ def plan_restore(
             ).fetchone()
             assert count is not None
             # Rows are matched by the primary key only when both sides have the same one.
-            key = list(tm.primary_key) if tm.primary_key and _primary_key(conn, oid) == tm.primary_key else []
+            key = (
+                list(tm.primary_key)
+                if tm.primary_key and primary_key_columns(conn, oid) == tm.primary_key
+                else []
+            )
             plans.append(
                 TablePlan(
                     tm.schema_name,

@@ -31,6 +31,7 @@ from botocore.config import Config
 from dbrollback.errors import ConfigError, SnapshotCorrupt, SnapshotError, StoreUnavailable
 from dbrollback.snapshot.local import _ID_RE, _NAME_RE, MANIFEST, _check
 from dbrollback.snapshot.manifest import FileEntry, SnapshotManifest
+from dbrollback.snapshot.store import file_problem
 from dbrollback.urls import redact
 
 PART_SIZE = 8 << 20
@@ -423,24 +424,20 @@ class S3Store:
         problems: builtins.list[str] = []
         for table in manifest.tables:
             for entry in table.files:
+                size: int | None = None
+                sha: str | None = None
                 try:
                     fh = self.open_file(snapshot_id, entry.name)
                 except SnapshotCorrupt:
-                    problems.append(
-                        f"{entry.name}: missing (expected {entry.bytes} bytes, sha256 {entry.sha256})"
-                    )
-                    continue
-                digest, size = hashlib.sha256(), 0
-                with fh:
-                    while block := fh.read(_READ_CHUNK):
-                        digest.update(block)
-                        size += len(block)
-                sha = digest.hexdigest()
-                if size != entry.bytes:
-                    problems.append(
-                        f"{entry.name}: size {size} bytes, expected {entry.bytes} bytes; "
-                        f"sha256 expected {entry.sha256}, actual {sha}"
-                    )
-                elif sha != entry.sha256:
-                    problems.append(f"{entry.name}: sha256 mismatch: expected {entry.sha256}, actual {sha}")
+                    fh = None
+                if fh is not None:
+                    digest, size = hashlib.sha256(), 0
+                    with fh:
+                        while block := fh.read(_READ_CHUNK):
+                            digest.update(block)
+                            size += len(block)
+                    sha = digest.hexdigest()
+                problem = file_problem(entry, size, sha)
+                if problem:
+                    problems.append(problem)
         return problems

@@ -52,6 +52,18 @@ class SnapshotStore(Protocol):
     def snapshot_location(self, snapshot_id: str) -> str: ...
 
 
+def file_problem(entry: FileEntry, size: int | None, sha256: str | None) -> str | None:
+    """How a stored file (None: missing) differs from its manifest entry; None when it matches."""
+    if size is None or sha256 is None:
+        return f"{entry.name}: missing (expected {entry.bytes} bytes, sha256 {entry.sha256})"
+    if size != entry.bytes:
+        return (f"{entry.name}: size {size} bytes, expected {entry.bytes} bytes; "
+                f"sha256 expected {entry.sha256}, actual {sha256}")  # fmt: skip
+    if sha256 != entry.sha256:
+        return f"{entry.name}: sha256 mismatch: expected {entry.sha256}, actual {sha256}"
+    return None
+
+
 def open_store(url: str, *, base_dir: Path | None = None) -> SnapshotStore:
     """The store named by `url`; a relative path is taken relative to `base_dir` (or the cwd)."""
     parts = urlsplit(url)
