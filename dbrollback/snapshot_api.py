@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -179,12 +179,14 @@ class PruneResult:
     dry_run: bool
     pruned: list[SnapshotSummary] = field(default_factory=list)
     kept: list[tuple[SnapshotSummary, str]] = field(default_factory=list)
+    partials: list[str] = field(default_factory=list)  # unpublished leftovers of killed captures
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
             "pruned": [s.to_dict() for s in self.pruned],
             "kept": [{**s.to_dict(), "reason": reason} for s, reason in self.kept],
+            "partials": self.partials,
         }
 
 
@@ -209,10 +211,20 @@ def snapshot_prune(settings: Settings, *, dry_run: bool = False, now: datetime |
             if not dry_run:
                 store.delete(manifest.id)
                 mark_deleted(conn, manifest.id)
-        if not dry_run and result.pruned:
+        # A capture killed mid-way leaves files but no manifest; a day without activity means
+        # nobody is still writing them.
+        result.partials = store.stale_partials(PARTIAL_GRACE)
+        if not dry_run:
+            for snapshot_id in result.partials:
+                store.discard(snapshot_id)
+        if not dry_run and (result.pruned or result.partials):
             audit.record(conn, "snapshot prune", settings.actor,
-                         details={"pruned": [s.id for s in result.pruned]})  # fmt: skip
+                         details={"pruned": [s.id for s in result.pruned],
+                                  "partials": result.partials})  # fmt: skip
     return result
+
+
+PARTIAL_GRACE = timedelta(days=1)
 
 
 def _keep_reason(manifest: SnapshotManifest, expires: datetime, now: datetime, settings: Settings,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -165,3 +167,25 @@ def test_prune_keeps_what_a_recent_run_needs(cli, db: psycopg.Connection, databa
     later = snapshot_prune(settings)
     assert [s.id for s in later.pruned] == [needed.id]
     assert [m.id for m in store.list()] == first
+
+
+def test_prune_removes_unfinished_snapshots_left_by_a_killed_capture(cli, db, database_url, tmp_path):
+    _setup(db)
+    store_dir = tmp_path / "store"
+    published = cli("snapshot", "create", "--tables", "items", *_args(database_url, store_dir)).out.strip()
+    old = store_dir / "20200101T000000Z-dead01"
+    (old / ".partial").mkdir(parents=True)
+    (old / ".partial" / "1.copy.zst.abcd.tmp").write_bytes(b"half a file")
+    (old / "2.copy.zst").write_bytes(b"a finished file of an unfinished snapshot")
+    fresh = store_dir / "20990101T000000Z-busy01"  # maybe still being written: too recent to touch
+    (fresh / ".partial").mkdir(parents=True)
+    (fresh / ".partial" / "1.copy.zst.ef01.tmp").write_bytes(b"in progress")
+    long_ago = time.time() - 3 * 86400
+    for path in [old, *old.rglob("*")]:
+        os.utime(path, (long_ago, long_ago))
+
+    dry = cli("snapshot", "prune", "--dry-run", "--json", *_args(database_url, store_dir))
+    assert dry.code == 0 and dry.json["partials"] == [old.name] and old.exists()
+    real = cli("snapshot", "prune", "--json", *_args(database_url, store_dir))
+    assert real.code == 0 and real.json["partials"] == [old.name]
+    assert not old.exists() and fresh.exists() and (store_dir / published / "manifest.json").exists()

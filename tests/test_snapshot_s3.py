@@ -519,3 +519,24 @@ def test_client_settings(endpoint: str, bucket: str) -> None:
     assert config.retries == {"mode": "standard", "total_max_attempts": 4}
     assert (config.connect_timeout, config.read_timeout) == (5, 60)
     assert config.s3 == {"addressing_style": "path"}
+
+
+def test_stale_partials_and_discard_abort_unfinished_uploads(store: S3Store, admin: Any, bucket: str) -> None:
+    """A capture killed mid-upload leaves objects and an open multipart upload but no manifest."""
+    published = "20260101T000000Z-aaaaaa"
+    store.write_file(published, "1.copy.zst", [b"done"])
+    store.publish(manifest_for(published, [FileEntry(name="1.copy.zst", bytes=4,
+                                                     sha256=hashlib.sha256(b"done").hexdigest())],
+                               datetime(2026, 1, 1, tzinfo=timezone.utc)))  # fmt: skip
+    killed = "20260101T000001Z-bbbbbb"
+    store.write_file(killed, "1.copy.zst", [b"finished part of an unfinished snapshot"])
+    upload = admin.create_multipart_upload(Bucket=bucket, Key=f"{PREFIX}/{killed}/2.copy.zst")
+    admin.upload_part(Bucket=bucket, Key=f"{PREFIX}/{killed}/2.copy.zst", PartNumber=1,
+                      UploadId=upload["UploadId"], Body=b"x" * 100)  # fmt: skip
+
+    assert store.stale_partials(timedelta(days=1)) == []  # too recent: maybe still being written
+    assert store.stale_partials(timedelta(0)) == [killed]
+    store.discard(killed)
+    assert keys(admin, bucket) == [f"{PREFIX}/{published}/1.copy.zst", f"{PREFIX}/{published}/manifest.json"]
+    assert admin.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert store.stale_partials(timedelta(0)) == []

@@ -143,6 +143,9 @@ def prune(state: AppState, dry_run: bool) -> None:
         state.console.line(f"{verb} {s.id} (created {_when(s.created_at)}, {_size(s.bytes)})")
     for s, reason in result.kept:
         state.console.line(f"Kept {s.id}: {reason}", style="dim")
+    for partial in result.partials:
+        verb = "Would remove" if dry_run else "Removed"
+        state.console.line(f"{verb} the unfinished snapshot {partial} (a capture that never completed)")
 
 
 COMMANDS = [snapshot]

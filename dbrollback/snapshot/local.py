@@ -20,7 +20,9 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -159,6 +161,19 @@ class LocalStore:
         if (directory / MANIFEST).exists():
             raise SnapshotError(f"Snapshot {snapshot_id} is published; not discarding it", id=snapshot_id)
         shutil.rmtree(directory, ignore_errors=True)
+
+    def stale_partials(self, older_than: timedelta) -> builtins.list[str]:
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - older_than.total_seconds()
+        stale = []
+        for child in sorted(self.root.iterdir()):
+            if not (child.is_dir() and _ID_RE.fullmatch(child.name)) or (child / MANIFEST).exists():
+                continue
+            newest = max([child.stat().st_mtime] + [p.stat().st_mtime for p in child.rglob("*")])
+            if newest < cutoff:
+                stale.append(child.name)
+        return stale
 
     # -- reading ------------------------------------------------------------------------------
     def list(self) -> list[SnapshotManifest]:

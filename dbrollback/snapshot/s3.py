@@ -22,6 +22,7 @@ import io
 import os
 import secrets
 from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO
 
 import boto3
@@ -365,7 +366,46 @@ class S3Store:
         """Remove an unpublished (partial) snapshot; a published one is never touched here."""
         if self._head(self._key(snapshot_id, MANIFEST), MANIFEST) is not None:
             raise SnapshotError(f"Snapshot {snapshot_id} is published; not discarding it", id=snapshot_id)
+        self._abort_uploads(self._snapshot_prefix(snapshot_id))
         self._delete_prefix(self._snapshot_prefix(snapshot_id), f"discard snapshot {snapshot_id}")
+
+    def stale_partials(self, older_than: timedelta) -> builtins.list[str]:
+        cutoff = datetime.now(timezone.utc) - older_than
+        newest: dict[str, datetime] = {}
+        published: set[str] = set()
+
+        def seen(key: str, when: datetime) -> None:
+            snapshot_id, _, name = key[len(self._base) :].partition("/")
+            if not name or not _ID_RE.fullmatch(snapshot_id):
+                return
+            if name == MANIFEST:
+                published.add(snapshot_id)
+            newest[snapshot_id] = max(newest.get(snapshot_id, when), when)
+
+        try:
+            for page in self._pages("list_objects_v2", self._base):
+                for obj in page.get("Contents", []):
+                    seen(obj["Key"], obj["LastModified"])
+            # An upload still in progress counts as activity.
+            for page in self._pages("list_multipart_uploads", self._base):
+                for upload in page.get("Uploads", []):
+                    seen(upload["Key"], upload["Initiated"])
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "list unpublished snapshots") from None
+        return sorted(s for s, when in newest.items() if s not in published and when < cutoff)
+
+    def _pages(self, operation: str, prefix: str) -> Iterable[dict[str, Any]]:
+        return self.client.get_paginator(operation).paginate(Bucket=self.bucket, Prefix=prefix)
+
+    def _abort_uploads(self, prefix: str) -> None:
+        """Abort multipart uploads left open by a killed writer (their parts cost storage)."""
+        try:
+            for page in self._pages("list_multipart_uploads", prefix):
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])  # fmt: skip
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, "abort unfinished uploads") from None
 
     # -- reading ----------------------------------------------------------------------------------
     def list(self) -> builtins.list[SnapshotManifest]:

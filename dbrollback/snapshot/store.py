@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -39,6 +40,10 @@ class SnapshotStore(Protocol):
 
     def delete(self, snapshot_id: str) -> None:
         """Remove a published snapshot: manifest first (it stops being listed), then its files."""
+        ...
+
+    def stale_partials(self, older_than: timedelta) -> builtins.list[str]:
+        """Ids of unpublished snapshots (left by a killed capture) untouched for `older_than`."""
         ...
 
     def list(self) -> list[SnapshotManifest]: ...
