@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql as psycopg_sql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError as SAOperationalError
 
@@ -31,7 +32,6 @@ from dbrollback.errors import (
     DbrollbackError,
     MigrationFailed,
     RefusedForSafety,
-    SnapshotError,
 )
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.settings import Settings
@@ -133,34 +133,51 @@ class _JournalHooks:
             audit.record(self.journal.conn, self.direction, self.journal.actor, run_id=self.run_id,
                          details=details)  # fmt: skip
 
-    def before_step(self, step: PlannedStep) -> None:
+    def before_step(self, step: PlannedStep, connection: Connection) -> None:
         assert self.run_id is not None
         conn = self.journal.conn
         point = record_restore_point(conn, self.run_id, step.revision)
-        self.restore_points.append({"revision": step.revision, "wal_lsn": point.wal_lsn, "name": point.name})
+        if not any(p["revision"] == step.revision for p in self.restore_points):
+            self.restore_points.append(
+                {"revision": step.revision, "wal_lsn": point.wal_lsn, "name": point.name}
+            )
         if not point.created and not self._restore_point_warned:
             self._restore_point_warned = True
             self.notify(f"No named restore points ({point.note}); WAL positions are journaled instead")
-        tables = self.duty.tables_by_revision.get(step.revision)
-        if not tables:
-            return
+        tables = [t for t in self.duty.tables_by_revision.get(step.revision, []) if _table_exists(conn, t)]
+        if tables:
+            self._snapshot_before(step, connection, tables)
+
+    def _snapshot_before(
+        self, step: PlannedStep, connection: Connection, tables: list[QualifiedName]
+    ) -> None:
         duty = self.duty
         assert duty.store is not None and duty.settings is not None and duty.database is not None
-        present = [t for t in tables if _table_exists(conn, t)]
-        if not present:
-            return
+        # SHARE mode, in the revision's own transaction and under its lock_timeout: writers to
+        # these tables wait from now until the revision commits, so no write can land between
+        # the snapshot and the revision (and be destroyed without being captured). Readers and
+        # the snapshot's own ACCESS SHARE locks are not blocked. A lock timeout here is retried
+        # like one inside the revision.
+        lock = psycopg_sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
+            psycopg_sql.SQL(", ").join(psycopg_sql.Identifier(s, t) for s, t in tables)
+        )
+        connection.exec_driver_sql(lock.as_string(self.journal.conn))
         try:
-            manifest = take_snapshot(duty.settings, duty.database, conn, duty.store, present,
+            manifest = take_snapshot(duty.settings, duty.database, self.journal.conn, duty.store, tables,
                                      run_id=self.run_id, revision=step.revision,
                                      progress=duty.progress)  # fmt: skip
-        except SnapshotError as exc:
-            if exc.exit_code == EXIT_REFUSED:
+        except Exception as exc:
+            if isinstance(exc, DbrollbackError) and exc.exit_code == EXIT_REFUSED:
                 raise
+            reason = exc.message if isinstance(exc, DbrollbackError) else redact(str(exc).strip())
             raise RefusedForSafety(
-                f"The snapshot before {step.revision} could not be taken, so it was not applied: "
-                f"{exc.message}"
+                f"The snapshot before {step.revision} could not be taken, so it was not applied: {reason}",
+                revision=step.revision,
             ) from None
-        names = [f"{s}.{t}" for s, t in present]
+        names = [f"{s}.{t}" for s, t in tables]
+        self.snapshots = [
+            s for s in self.snapshots if s["revision"] != step.revision
+        ]  # a retry's replaces it
         self.snapshots.append({"id": manifest.id, "revision": step.revision, "tables": names})
         rows = sum(t.row_count for t in manifest.tables)
         self.notify(

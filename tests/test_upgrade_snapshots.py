@@ -177,3 +177,51 @@ def test_kill_9_during_snapshot_create_lists_nothing(db, database_url, tmp_path)
     assert LocalStore(store).list() == []
     assert not list(store.glob("*/manifest.json"))
     assert db.execute("SELECT count(*) FROM big").fetchone() == (400000,)
+
+
+def test_writes_during_the_snapshot_are_captured_not_lost(project, cli, db, database_url, tmp_path):
+    """A writer keeps updating the column a revision drops. Every write that committed must be in
+    the snapshot: writers wait from the snapshot until the revision commits."""
+    import threading
+
+    project.add_revision("r1", None, """
+        op.create_table("accounts", sa.Column("id", sa.Integer, primary_key=True), sa.Column("legacy", sa.Text))
+    """)  # fmt: skip
+    # The pause between the snapshot and the DROP is where an unprotected write would be lost.
+    project.add_revision(
+        "r2", "r1", 'op.execute("SELECT pg_sleep(0.8)")\nop.drop_column("accounts", "legacy")'
+    )
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO accounts VALUES (1, '0')")
+    committed: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '20s'")
+            value = 0
+            while not stop.is_set():
+                value += 1
+                try:
+                    conn.execute("UPDATE accounts SET legacy = %s WHERE id = 1", (str(value),))
+                except psycopg.errors.UndefinedColumn:
+                    return  # the revision committed: the column is gone
+                committed.append(value)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        result = cli("upgrade", "--json", *_args(database_url, store))
+    finally:
+        stop.set()
+        thread.join(30)
+    assert result.code == 0, result.err
+    (snap,) = result.json["snapshots"]
+    manifest = LocalStore(store).load(snap["id"])
+    db.execute("CREATE TABLE captured (id int, legacy text)")
+    from dbrollback.snapshot.load import load_table_copy
+
+    load_table_copy(db, LocalStore(store), manifest.id, manifest.tables[0], "public", "captured")
+    assert committed, "the writer never got a write in"
+    assert db.execute("SELECT legacy FROM captured WHERE id = 1").fetchone() == (str(committed[-1]),)

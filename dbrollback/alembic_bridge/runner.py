@@ -107,11 +107,13 @@ class RunHooks(Protocol):
 
     def retrying(self, step: PlannedStep, attempt: int, delay: float) -> None: ...
 
-    def before_step(self, step: PlannedStep) -> None:
-        """Called just before a revision's migration code runs (its transaction has begun).
+    def before_step(self, step: PlannedStep, connection: Connection) -> None:
+        """Called just before a revision's migration code runs, on every attempt.
 
-        Raising a DbrollbackError here stops the run: the revision's transaction is rolled back
-        and the error propagates unchanged (it is not a failure of the revision itself).
+        `connection` is the revision's own connection, inside its transaction, with its timeouts
+        set: locks taken on it are held until the revision commits. Raising a DbrollbackError
+        stops the run (the revision's transaction is rolled back and the error propagates
+        unchanged); a lock timeout is retried like one inside the revision.
         """
         ...
 
@@ -275,8 +277,6 @@ class MigrationRunner:
         self._current_journaled = False
         self._attempt = self._attempts.get(step.revision, 1)
         assert self._context is not None and self._context.connection is not None
-        if self.hooks is not None and self._attempt == 1:
-            self.hooks.before_step(step)
         # Session-level (is_local false) so the values also hold inside autocommit blocks;
         # they are set again before every revision.
         self._context.connection.execute(
@@ -291,6 +291,8 @@ class MigrationRunner:
                 "cc": _CLIENT_CHECK_INTERVAL_MS,
             },
         )
+        if self.hooks is not None:
+            self.hooks.before_step(step, self._context.connection)
 
     # -- plumbing ------------------------------------------------------------------------------
     def _steps(self, direction: str, target: str, heads: tuple[str, ...]) -> list[Any]:

@@ -264,7 +264,7 @@ class _Recorder:
     def retrying(self, step: PlannedStep, attempt: int, delay: float) -> None:
         pass
 
-    def before_step(self, step: PlannedStep) -> None:
+    def before_step(self, step: PlannedStep, connection: Connection) -> None:
         pass
 
     def _before_cursor_execute(self, conn: Connection, cursor: Any, statement: str, parameters: Any,
