@@ -316,43 +316,80 @@ def test_store_rejects_path_tricks(tmp_path: Path) -> None:
 def test_parallel_key_ranges_read_one_point_in_time(db: psycopg.Connection, database_url: str,
                                                      tmp_path: Path) -> None:  # fmt: skip
     """jobs > 1 splits the table into key ranges read by several connections; they all see one
-    snapshot: a writer moving value between the first and last row keeps the captured sum intact."""
+    snapshot: value moved between the first and last row DURING the capture (committed as soon as
+    the first bytes arrive) changes neither the captured total nor the captured rows."""
     import threading
 
     db.execute("CREATE TABLE acct (id bigint PRIMARY KEY, v bigint NOT NULL, pad text)")
     db.execute("INSERT INTO acct SELECT g, 100, repeat('p', 50) FROM generate_series(1, 60000) g")
     db.execute("ANALYZE acct")
-    stop = threading.Event()
-    moves = 0
+    before = table_checksum(db, "public", "acct")
+    moved = threading.Event()
+    lock = threading.Lock()
 
-    def mover() -> None:
-        nonlocal moves
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            while not stop.is_set():
-                with conn.transaction():
-                    conn.execute("UPDATE acct SET v = v - 1 WHERE id = 1")
-                    conn.execute("UPDATE acct SET v = v + 1 WHERE id = 60000")
-                moves += 1
+    def move_once(n: int) -> None:
+        with lock:
+            if moved.is_set():
+                return
+            with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+                conn.execute("UPDATE acct SET v = v - 7 WHERE id = 1")
+                conn.execute("UPDATE acct SET v = v + 7 WHERE id = 60000")
+            moved.set()
 
-    thread = threading.Thread(target=mover)
-    thread.start()
-    try:
-        store = LocalStore(tmp_path / "store")
-        seen_bytes: list[int] = []
-        snap = capture_tables(database_url, store, [("public", "acct")], jobs=3, split_min_rows=1000,
-                              on_bytes=seen_bytes.append)  # fmt: skip
-    finally:
-        stop.set()
-        thread.join()
+    store = LocalStore(tmp_path / "store")
+    snap = capture_tables(database_url, store, [("public", "acct")], jobs=3, split_min_rows=1000,
+                          on_bytes=move_once)  # fmt: skip
+    assert moved.is_set()
+    assert db.execute("SELECT v FROM acct WHERE id IN (1, 60000) ORDER BY id").fetchall() == [(93,), (107,)]
     (tm,) = snap.tables
     assert len(tm.files) == 6  # 3 jobs x 2 ranges each
-    assert tm.row_count == 60000 and sum(seen_bytes) > 0
+    assert (tm.row_count, tm.checksum) == before  # as it was when the capture began
     assert store.verify(snap.id) == []
     db.execute("CREATE TABLE acct_copy (LIKE acct)")
     load_table_copy(db, store, snap.id, tm, "public", "acct_copy")
-    assert db.execute("SELECT count(*), sum(v) FROM acct_copy").fetchone() == (60000, 6_000_000)
-    assert table_checksum(db, "public", "acct_copy") == (tm.row_count, tm.checksum)
-    assert moves > 0
+    assert db.execute("SELECT v FROM acct_copy WHERE id IN (1, 60000) ORDER BY id").fetchall() == [
+        (100,),
+        (100,),
+    ]
+    assert table_checksum(db, "public", "acct_copy") == before
+
+
+def test_parallel_capture_fails_fast_when_ddl_is_queued(db: psycopg.Connection, database_url: str,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """An ALTER TABLE queued behind the capture's lock must not leave the workers waiting behind it
+    (a deadlock PostgreSQL cannot see): they lock with NOWAIT and the capture fails cleanly."""
+    import threading
+    import time
+
+    from dbrollback.snapshot import capture
+
+    db.execute("CREATE TABLE busy (id int PRIMARY KEY, v text)")
+    db.execute("INSERT INTO busy SELECT g, g::text FROM generate_series(1, 5000) g")
+    db.execute("ANALYZE busy")
+    original_start = capture._ParallelCopy.start
+    alter_done = threading.Event()
+
+    def alter() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '60s'")
+            conn.execute("ALTER TABLE busy ADD COLUMN extra int")
+        alter_done.set()
+
+    def start_after_ddl_queues(self: capture._ParallelCopy, parts: list) -> None:  # type: ignore[type-arg]
+        threading.Thread(target=alter, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not db.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'busy'::regclass"
+                             ).fetchone()[0]:  # type: ignore[index]  # fmt: skip
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        original_start(self, parts)
+
+    monkeypatch.setattr(capture._ParallelCopy, "start", start_after_ddl_queues)
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(SnapshotError, match="waiting to change a table"):
+        capture_tables(database_url, store, [("public", "busy")], jobs=2, split_min_rows=100)
+    assert store.list() == []
+    assert alter_done.wait(30)  # the DDL went through once the capture let go
 
 
 def test_parallel_capture_failure_lists_nothing(db: psycopg.Connection, database_url: str,
@@ -372,3 +409,29 @@ def test_parallel_capture_failure_lists_nothing(db: psycopg.Connection, database
         capture_tables(database_url, store, [("public", "big")], jobs=2, split_min_rows=100, on_bytes=boom)
     assert calls >= 1 and store.list() == []
     assert not any((tmp_path / "store").iterdir()) if (tmp_path / "store").exists() else True
+
+
+def test_row_level_security_refuses_instead_of_capturing_a_subset(db: psycopg.Connection, database_url: str,
+                                                                   tmp_path: Path) -> None:  # fmt: skip
+    import uuid
+
+    role = f"rls_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        db.execute("CREATE TABLE secret (id int PRIMARY KEY, owner text)")
+        db.execute("INSERT INTO secret SELECT g, CASE WHEN g % 2 = 0 THEN 'me' ELSE 'you' END "
+                   "FROM generate_series(1, 10) g")  # fmt: skip
+        db.execute(sql.SQL("ALTER TABLE secret OWNER TO {}").format(sql.Identifier(role)))
+        db.execute("ALTER TABLE secret ENABLE ROW LEVEL SECURITY")
+        db.execute("ALTER TABLE secret FORCE ROW LEVEL SECURITY")  # applies to the owner too
+        db.execute("CREATE POLICY mine ON secret USING (owner = 'me')")
+        params = conninfo_to_dict(database_url)
+        params["user"] = role
+        as_owner = make_conninfo(**params)
+        store = LocalStore(tmp_path / "store")
+        with pytest.raises(SnapshotError, match="row-level security"):
+            capture_tables(as_owner, store, [("public", "secret")])
+        assert store.list() == []
+    finally:
+        db.execute("DROP TABLE IF EXISTS secret")
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

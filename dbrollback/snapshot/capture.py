@@ -208,11 +208,34 @@ def _capture(
     split_min_rows: int,
     on_bytes: Callable[[int], None] | None,
 ) -> SnapshotManifest:
-    created_at = datetime.now(timezone.utc)
+    try:
+        return _capture_in_transaction(conn_url, store, snapshot_id, tables, lock_timeout, progress, jobs,
+                                       split_min_rows, on_bytes)  # fmt: skip
+    except psycopg.errors.InsufficientPrivilege as exc:
+        # With row_security off, a table whose policies would hide rows from this role raises
+        # instead of silently yielding a partial snapshot.
+        raise SnapshotError(
+            f"Cannot capture: {exc.diag.message_primary or exc}. The role must be able to read every "
+            "row (table owner, BYPASSRLS or superuser) and have SELECT on the table."
+        ) from None
+
+
+def _capture_in_transaction(
+    conn_url: str,
+    store: SnapshotStore,
+    snapshot_id: str,
+    tables: list[tuple[str, str]],
+    lock_timeout: str,
+    progress: Progress | None,
+    jobs: int,
+    split_min_rows: int,
+    on_bytes: Callable[[int], None] | None,
+) -> SnapshotManifest:
     with _connect(conn_url, "snapshot") as conn, conn.transaction():
         # Utility statements first: they do not take the transaction snapshot, so the snapshot
         # is taken after the locks are granted and no definition can change under us.
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+        conn.execute("SET LOCAL row_security = off")
         pin_text_settings(conn)
         try:
             conn.execute(
@@ -226,9 +249,11 @@ def _capture(
             raise SnapshotError(
                 f"Cannot capture: a table is locked by another session (lock_timeout {lock_timeout})"
             ) from None
+        # The first query takes the transaction's snapshot: its time is the snapshot's time.
+        first = conn.execute("SELECT statement_timestamp(), current_setting('server_version')").fetchone()
+        assert first is not None
+        created_at, server_version = first
         exported = conn.execute("SELECT pg_export_snapshot()").fetchone() if jobs > 1 else None
-        server_version = conn.execute("SHOW server_version").fetchone()
-        assert server_version is not None
         work = [_describe(conn, number, schema, table, jobs, split_min_rows)
                 for number, (schema, table) in enumerate(tables, start=1)]  # fmt: skip
         parts = [part for item in work for part in item.parts]
@@ -237,7 +262,7 @@ def _capture(
                 _copy_part(conn, store, snapshot_id, part, on_bytes)
         else:
             workers = _ParallelCopy(conn_url, str(exported[0]), min(jobs, len(parts)), store, snapshot_id,
-                                    on_bytes)  # fmt: skip
+                                    on_bytes, tables, lock_timeout)  # fmt: skip
             workers.start(parts)
         captured: list[TableManifest] = []
         try:
@@ -272,7 +297,7 @@ def _capture(
     return SnapshotManifest(
         id=snapshot_id,
         created_at=created_at,
-        server_version=str(server_version[0]),
+        server_version=str(server_version),
         database=database,
         tables=captured,
     )
@@ -347,8 +372,10 @@ class _ParallelCopy:
     """
 
     def __init__(self, conn_url: str, exported: str, jobs: int, store: SnapshotStore, snapshot_id: str,
-                 on_bytes: Callable[[int], None] | None) -> None:  # fmt: skip
+                 on_bytes: Callable[[int], None] | None, tables: list[tuple[str, str]],
+                 lock_timeout: str) -> None:  # fmt: skip
         self.conn_url, self.exported, self.jobs = conn_url, exported, jobs
+        self.tables, self.lock_timeout = tables, lock_timeout
         self.store, self.snapshot_id, self.on_bytes = store, snapshot_id, on_bytes
         self.queue: queue.Queue[_Part | None] = queue.Queue()
         self.pending: dict[int, int] = {}
@@ -371,6 +398,21 @@ class _ParallelCopy:
         try:
             with _connect(self.conn_url, "snapshot worker") as conn, conn.transaction():
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.exported)))
+                conn.execute("SET LOCAL row_security = off")
+                # Lock up front, without waiting (as pg_dump's workers do): a DDL queued behind the
+                # main connection's lock would otherwise block this worker while the main thread
+                # waits for it, a deadlock PostgreSQL cannot see.
+                try:
+                    conn.execute(
+                        sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(
+                            sql.SQL(", ").join(sql.Identifier(s, t) for s, t in self.tables)
+                        )
+                    )
+                except psycopg.errors.LockNotAvailable:
+                    raise SnapshotError(
+                        "Cannot capture: another session is waiting to change a table being captured "
+                        "(e.g. ALTER TABLE); try again when it is done"
+                    ) from None
                 while not self.stop.is_set():
                     part = self.queue.get()
                     if part is None:

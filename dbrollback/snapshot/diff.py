@@ -219,7 +219,15 @@ def verify_table(
             # One MVCC snapshot for the fast path, the copy and every range of the bisection.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         pin_text_settings(conn)  # for the text-hashed columns and for key boundaries sent as text
-        result = _verify(conn, store, manifest, table, schema, name, max_examples, reporter)
+        # Compare every row or fail: never a row-level-security-filtered subset that looks "changed".
+        conn.execute("SET LOCAL row_security = off")
+        try:
+            result = _verify(conn, store, manifest, table, schema, name, max_examples, reporter)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SnapshotError(
+                f"Cannot verify {schema}.{name}: {exc.diag.message_primary or exc}. The role must be able "
+                "to read every row (table owner, BYPASSRLS or superuser)."
+            ) from None
     reporter.finish()
     return result
 
