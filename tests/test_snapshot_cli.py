@@ -189,3 +189,27 @@ def test_prune_removes_unfinished_snapshots_left_by_a_killed_capture(cli, db, da
     real = cli("snapshot", "prune", "--json", *_args(database_url, store_dir))
     assert real.code == 0 and real.json["partials"] == [old.name]
     assert not old.exists() and fresh.exists() and (store_dir / published / "manifest.json").exists()
+
+
+def test_damaged_manifest_is_named_and_never_used(cli, db, database_url, tmp_path):
+    _setup(db)
+    store = tmp_path / "store"
+    good = cli("snapshot", "create", "--tables", "items", *_args(database_url, store)).out.strip()
+    bad = cli("snapshot", "create", "--tables", "items", *_args(database_url, store)).out.strip()
+    manifest = store / bad / "manifest.json"
+    manifest.write_text(manifest.read_text()[:200])  # truncated JSON
+
+    listed = cli("snapshot", "list", "--json", *_args(database_url, store))
+    assert listed.code == 0 and [s["id"] for s in listed.json] == [good]
+    checked = cli("snapshot", "verify", bad, *_args(database_url, store))
+    assert checked.code == 1 and "manifest.json is damaged" in checked.err and "Traceback" not in checked.err
+    verified = cli("verify", "--snapshot", bad, *_args(database_url, store))
+    assert verified.code == 1 and "manifest.json is damaged" in verified.err
+    db.execute("UPDATE items SET name = 'changed'")
+    restored = cli("restore", "--snapshot", bad, "--yes", *_args(database_url, store))
+    assert restored.code == 3 and "manifest.json is damaged" in restored.err
+    assert db.execute("SELECT count(*) FROM items WHERE name = 'changed'").fetchone() == (250,)
+    # a manifest copied into another snapshot's directory is not taken for that snapshot
+    (store / bad / "manifest.json").write_text((store / good / "manifest.json").read_text())
+    moved = cli("snapshot", "show", bad, *_args(database_url, store))
+    assert moved.code == 3 and f"belongs to snapshot {good}" in moved.err

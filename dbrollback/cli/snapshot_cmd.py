@@ -8,7 +8,7 @@ from dbrollback import snapshot_api
 from dbrollback.cli.console import TerminalProgress
 from dbrollback.cli.options import split_table_list, tables_option
 from dbrollback.cli.state import AppState, global_options, pass_state
-from dbrollback.errors import EXIT_CHECK_FAILED
+from dbrollback.errors import EXIT_CHECK_FAILED, SnapshotCorrupt
 
 
 def _size(n: int) -> str:
@@ -111,7 +111,11 @@ def show(state: AppState, snapshot_id: str) -> None:
 @pass_state
 def verify(state: AppState, snapshot_id: str) -> int:
     """Re-read every file of a snapshot; check size and sha256 against the manifest. Exit 1 on damage."""
-    check = snapshot_api.snapshot_verify(state.settings(), snapshot_id)
+    try:
+        check = snapshot_api.snapshot_verify(state.settings(), snapshot_id)
+    except SnapshotCorrupt as exc:  # a damaged manifest: verify reports it, exit 1
+        state.console.error(exc)
+        return EXIT_CHECK_FAILED
     if state.json:
         state.console.emit_json(check.to_dict())
     elif check.ok:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dbrollback.errors import SnapshotCorrupt, SnapshotError, StoreUnavailable
-from dbrollback.snapshot.manifest import FileEntry, SnapshotManifest
+from dbrollback.snapshot.manifest import FileEntry, SnapshotManifest, parse_manifest
 from dbrollback.snapshot.store import file_problem
 
 MANIFEST = "manifest.json"
@@ -183,7 +183,8 @@ class LocalStore:
         found = []
         for child in sorted(self.root.iterdir()):
             if child.is_dir() and _ID_RE.fullmatch(child.name) and (child / MANIFEST).is_file():
-                found.append(self.load(child.name))
+                with contextlib.suppress(SnapshotCorrupt):  # damaged: `show`/`verify ID` say why
+                    found.append(self.load(child.name))
         return sorted(found, key=lambda m: (m.created_at, m.id))
 
     def load(self, snapshot_id: str) -> SnapshotManifest:
@@ -192,7 +193,7 @@ class LocalStore:
             text = path.read_bytes()
         except FileNotFoundError:
             raise SnapshotError(f"No snapshot {snapshot_id} in {self.root}", id=snapshot_id) from None
-        return SnapshotManifest.model_validate_json(text)
+        return parse_manifest(text, snapshot_id)
 
     def open_file(self, snapshot_id: str, name: str) -> BinaryIO:
         path = self.snapshot_dir(snapshot_id) / _check("name", name, _NAME_RE)

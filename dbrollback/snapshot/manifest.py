@@ -55,3 +55,26 @@ class SnapshotManifest(BaseModel):
     database: str
     tables: list[TableManifest]
     expires_at: datetime | None = None
+
+
+def parse_manifest(data: bytes, snapshot_id: str) -> SnapshotManifest:
+    """Read a stored manifest.json; damage (bad JSON, missing fields, wrong id) is SnapshotCorrupt."""
+    from pydantic import ValidationError
+
+    from dbrollback.errors import SnapshotCorrupt
+
+    try:
+        manifest = SnapshotManifest.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "document"
+        raise SnapshotCorrupt(
+            f"Snapshot {snapshot_id}: manifest.json is damaged ({where}: {first['msg']})",
+            id=snapshot_id, file="manifest.json",
+        ) from None  # fmt: skip
+    if manifest.id != snapshot_id:
+        raise SnapshotCorrupt(
+            f"Snapshot {snapshot_id}: manifest.json belongs to snapshot {manifest.id}",
+            id=snapshot_id, file="manifest.json",
+        )  # fmt: skip
+    return manifest

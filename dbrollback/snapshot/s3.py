@@ -31,7 +31,7 @@ from botocore.config import Config
 
 from dbrollback.errors import ConfigError, SnapshotCorrupt, SnapshotError, StoreUnavailable
 from dbrollback.snapshot.local import _ID_RE, _NAME_RE, MANIFEST, _check
-from dbrollback.snapshot.manifest import FileEntry, SnapshotManifest
+from dbrollback.snapshot.manifest import FileEntry, SnapshotManifest, parse_manifest
 from dbrollback.snapshot.store import file_problem
 from dbrollback.urls import redact
 
@@ -422,9 +422,10 @@ class S3Store:
             raise self._error(exc, "list snapshots") from None
         for snapshot_id in sorted(ids):
             if _ID_RE.fullmatch(snapshot_id) and snapshot_id not in (".", ".."):
-                manifest = self._load(snapshot_id)
-                if manifest is not None:
-                    found.append(manifest)
+                with contextlib.suppress(SnapshotCorrupt):  # damaged: `show`/`verify ID` say why
+                    manifest = self._load(snapshot_id)
+                    if manifest is not None:
+                        found.append(manifest)
         return sorted(found, key=lambda m: (m.created_at, m.id))
 
     def _load(self, snapshot_id: str) -> SnapshotManifest | None:
@@ -437,7 +438,7 @@ class S3Store:
             if self._not_found(exc):
                 return None
             raise self._error(exc, f"read the manifest of snapshot {snapshot_id}") from None
-        return SnapshotManifest.model_validate_json(text)
+        return parse_manifest(text, snapshot_id)
 
     def load(self, snapshot_id: str) -> SnapshotManifest:
         manifest = self._load(snapshot_id)
