@@ -107,18 +107,18 @@ def table_checksum(
     schema: str,
     table: str,
     where: sql.Composable | None = None,
-    params: tuple[object, ...] | list[object] | None = None,
     columns: list[str] | None = None,
 ) -> tuple[int, str]:
     """(row_count, checksum_text) of schema.table, as seen by the current transaction's snapshot.
 
     Runs inside a transaction (a savepoint when one is already open, so the caller's snapshot is
-    kept) because the pinned settings are SET LOCAL. `where`/`params` restrict it to some rows,
+    kept) because the pinned settings are SET LOCAL. `where` restricts it to some rows (values in it
+    as sql.Literal: no separate parameters, which psycopg would confuse with a `%` in an identifier),
     `columns` to some columns (e.g. the non-generated ones, to compare with a staging copy).
     """
     with conn.transaction():
         pin_text_settings(conn)
-        row = conn.execute(checksum_query(conn, schema, table, where, columns), params).fetchone()
+        row = conn.execute(checksum_query(conn, schema, table, where, columns)).fetchone()
     assert row is not None
     count, total = row
     return int(count), f"{ALGORITHM}:{total}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import psycopg
 import zstandard
@@ -30,12 +31,19 @@ def load_table_copy(
     table_manifest: TableManifest,
     target_schema: str,
     target_table: str,
+    *,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> int:
     """COPY the table's captured rows into target_schema.target_table; returns the rows loaded.
 
     The target must have the captured (non-generated) columns with the same types. The file's
     sha256 and the zstd frame are checked while streaming; on a mismatch the COPY is aborted, so
     a corrupt file loads nothing (within the caller's transaction, or the COPY's own).
+
+    `on_bytes(n)` is called while the data streams, after each block is sent to the server, with
+    the number of *stored* (compressed) file bytes that block consumed. They add up to the sum of
+    ``table_manifest.files[*].bytes``, which callers can use as the total of a progress bar (binary
+    COPY gives no per-row count until it ends, and the decompressed size is not recorded).
     """
     columns = table_manifest.copy_columns
     total = 0
@@ -57,6 +65,8 @@ def load_table_copy(
                             raise SnapshotCorrupt(message, file=entry.name) from None
                         if out:
                             copy.write(out)
+                        if on_bytes is not None:
+                            on_bytes(len(block))
                 if size != entry.bytes or digest.hexdigest() != entry.sha256:
                     raise SnapshotCorrupt(
                         f"{entry.name}: sha256 expected {entry.sha256}, actual {digest.hexdigest()}",

@@ -8,37 +8,53 @@ targets, storage options. What is *not* preserved is the history of the rows the
 xmin, and the contents of rows that changed since the snapshot (that is the point).
 
 How a restore runs (one session, ONE transaction for all tables, so a multi-table restore is
-atomic: either every table is restored or none is):
+atomic: either every table is restored or none is; ``restore_many`` does the same for tables
+coming from several snapshots, as ``restore --to-time`` picks them):
 
-1. ``store.verify`` re-reads every file of the snapshot before the database is touched.
+1. ``store.verify`` re-reads every file of the snapshot(s) before the database is touched.
 2. "create" targets (the table is gone, or ``into_schema`` restores side by side) are built
    from the manifest and loaded with COPY, primary key added after the load.
 3. "replace" targets: each snapshot file is loaded into a TEMP ... ON COMMIT DROP staging table
    (``_dbrb_stage_N``). Being temporary and created inside the transaction, it never becomes
    visible to others and vanishes with the session if the process is killed.
 4. The swap, in a savepoint: LOCK all replaced tables IN SHARE ROW EXCLUSIVE MODE (writers wait,
-   readers do not), re-check their columns, then DELETE rows whose primary key is not in the
-   snapshot (children first), UPDATE rows that differ and INSERT missing rows (parents first).
-   A lock timeout rolls back to the savepoint and retries with exponential backoff.
+   readers do not), re-check their columns, key and incoming foreign keys, then DELETE rows whose
+   key is not in the snapshot (children first), UPDATE rows that differ and INSERT missing rows
+   (parents first). A lock timeout rolls back to the savepoint and retries with exponential backoff.
 5. Each restored table's server-side checksum is compared with the manifest's before COMMIT,
    and owned sequences (serial/identity) are moved forward past the restored values.
+
+Rows are matched by a key of the live table: its primary key, else the UNIQUE index with the
+fewest columns that is not partial, has no expressions, uses default operator classes and
+collations, and whose columns are all NOT NULL and in the snapshot (every row the table can hold
+is unique and non-null on it, so the snapshot's rows are too, or the restore could not succeed
+anyway). A table without such a key has all its rows deleted and the snapshot's inserted.
 
 A process killed at any point leaves nothing: the transaction never commits and the staging
 tables die with the session. Only a lost connection *during* COMMIT has an unknown outcome,
 and is reported as such.
 
+Tables outside the restore are never changed silently:
+
+* A table without a usable key that a table outside the restore references by foreign key is
+  refused (RefusedForSafety): its rows cannot be matched, so all would be deleted and re-inserted,
+  and the foreign key's ON DELETE action would hit every referencing row.
+* Rows deleted from a table (or referenced columns updated) would set off ON DELETE / ON UPDATE
+  CASCADE, SET NULL or SET DEFAULT of foreign keys of tables not being restored: the restore is
+  refused (after counting, inside the transaction, so nothing changed) unless ``allow_cascade``;
+  the results list what cascaded. NO ACTION / RESTRICT keys make the restore fail cleanly.
+* ``row_security`` is off in the restore transaction: a role subject to row-level security on a
+  restored table gets a refusal instead of restoring only the rows it can see.
+
 Limits, by design or by PostgreSQL:
 
 * User triggers on the restored tables fire as for any DML (like a data-only pg_restore without
-  --disable-triggers). One that rewrites restored rows, a rule, or a row-level security policy
-  that hides rows from the restoring role makes the checksum differ, and the restore is rolled
-  back rather than committed with wrong data.
+  --disable-triggers). One that rewrites restored rows, or a rule, makes the checksum differ, and
+  the restore is rolled back rather than committed with wrong data.
 * Non-deferrable constraints are checked per statement (unique ones per row). A restore that
   needs a parent row deleted while a restored child still points at it until its own UPDATE
   (the child row moved to another parent), or an UPDATE swapping unique values between rows,
   fails cleanly (RestoreFailed, nothing changed); DEFERRABLE constraints are deferred to the end.
-* Rows deleted from a parent cascade through ON DELETE CASCADE / SET NULL foreign keys of tables
-  not being restored: the plan lists those keys so the caller can warn.
 * An identity ALWAYS column whose value differs is switched to BY DEFAULT and back inside the
   transaction (ACCESS EXCLUSIVE for that moment): it cannot be UPDATEd otherwise.
 * A "create" brings back columns, types, NOT NULL, defaults that still resolve, generated columns
