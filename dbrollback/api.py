@@ -60,6 +60,7 @@ class MigrationResult:
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     restore_points: list[dict[str, Any]] = field(default_factory=list)
     snapshot_policy: str = "never"
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         def step(s: PlannedStep) -> dict[str, Any]:
@@ -79,6 +80,7 @@ class MigrationResult:
             "snapshot_policy": self.snapshot_policy,
             "snapshots": self.snapshots,
             "restore_points": self.restore_points,
+            "warnings": self.warnings,
         }
 
 
@@ -93,6 +95,7 @@ class SnapshotDuty:
     settings: Settings | None = None
     database: Database | None = None
     progress: ProgressReporter = SILENT
+    warnings: list[str] = field(default_factory=list)
 
 
 class _JournalHooks:
@@ -267,12 +270,22 @@ def _snapshot_duty(settings: Settings, database: Database, direction: str, targe
     migration_plan = build_plan(settings, target, policy=settings.snapshot, database=database, notify=notify)
     for warning in migration_plan.warnings:
         notify(f"Warning: {warning}")
+    uncovered = [(r.revision, reason) for r in migration_plan.revisions for reason in r.uncovered]
+    if uncovered:  # fail closed: data this run might destroy would be in no snapshot
+        details = "; ".join(f"{revision}: {reason}" for revision, reason in uncovered)
+        raise RefusedForSafety(
+            f"Cannot tell which tables some SQL changes, so no snapshot would cover it ({details}). "
+            "Run with --snapshot all to snapshot every table before the run, or --no-snapshot to go "
+            "ahead without snapshots (recorded in the journal and audit log). Nothing was changed.",
+            uncovered=[{"revision": r, "reason": why} for r, why in uncovered],
+        )
     by_revision: dict[str, list[QualifiedName]] = {}
     for snap in migration_plan.snapshots:
         if snap.tables:
             by_revision.setdefault(snap.revision, []).extend((t.schema, t.table) for t in snap.tables)
     duty = SnapshotDuty(settings.snapshot, tables_by_revision=by_revision, settings=settings,
-                        database=database, progress=progress)  # fmt: skip
+                        database=database, progress=progress,
+                        warnings=list(migration_plan.warnings))  # fmt: skip
     if by_revision:
         duty.store = configured_store(settings)
         duty.store.probe()  # an unwritable store refuses the upgrade before anything changes
@@ -351,7 +364,7 @@ def _run_journaled(settings: Settings, conn: psycopg.Connection, runner: Migrati
     return MigrationResult(hooks.run_id, direction, target, hooks.from_heads, to_heads,
                            outcome.applied, marked, database.display, planned=hooks.plan,
                            snapshots=hooks.snapshots, restore_points=hooks.restore_points,
-                           snapshot_policy=hooks.duty.policy)  # fmt: skip
+                           snapshot_policy=hooks.duty.policy, warnings=hooks.duty.warnings)  # fmt: skip
 
 
 def _heads_or_none(runner: MigrationRunner) -> list[str] | None:

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Json, Jsonb
 
 from dbrollback.errors import RefusedForSafety, RestoreFailed, SnapshotCorrupt, SnapshotError
@@ -35,6 +36,7 @@ from dbrollback.snapshot.restore import (
     TableRestoreResult,
     pick_snapshots_at,
     plan_restore,
+    restore_many,
     restore_tables,
 )
 
@@ -57,8 +59,9 @@ def plan(
     snap: SnapshotManifest,
     tables: list[tuple[str, str]] | None = None,
     into: str | None = None,
+    **kwargs: Any,
 ) -> RestorePlan:
-    return plan_restore(db, store, snap, tables, into)
+    return plan_restore(db, store, snap, tables, into, **kwargs)
 
 
 def restore(
@@ -198,7 +201,11 @@ def test_replace_restores_exact_data_and_keeps_everything_attached(
     assert (tp.schema, tp.table, tp.action, tp.key) == ("public", "parent", "replace", ["id"])
     assert (tp.snapshot_rows, tp.live_rows) == (20, 21)
     assert tp.to_delete is None and tp.to_update is None and tp.to_insert is None
-    assert tp.referenced_by == [ReferencingKey("child_parent_id_fkey", "public", "child", "NO ACTION", False)]
+    assert tp.referenced_by == [
+        ReferencingKey("child_parent_id_fkey", "public", "child", "NO ACTION", False, "NO ACTION", ("id",))
+    ]
+    assert (tp.key_source, tp.method, tp.cascade_risks) == ("primary key", "merge by primary key", [])
+    assert tp.snapshot_bytes == sum(f.bytes for f in snap.tables[0].files) > 0
     seen: list[tuple[str, int]] = []
     (result,) = restore_tables(database_url, store, snap, the_plan, progress=lambda n, r: seen.append((n, r)))
 
@@ -213,7 +220,9 @@ def test_replace_restores_exact_data_and_keeps_everything_attached(
         1,
     )
     assert (tp.to_delete, tp.to_update, tp.to_insert) == (3, 4, 2)
-    assert seen == [("public.parent", 20)]
+    # progress counts stored file bytes (one block here: the table is small)
+    assert seen == [("public.parent", tp.snapshot_bytes)]
+    assert (result.key_source, result.cascades) == ("primary key", [])
     assert catalog_fingerprint(db, "public", "parent") == fingerprint
     assert db.execute("SELECT * FROM parent_view ORDER BY id").fetchall() == view_before
     assert db.execute("SELECT count(*) FROM child").fetchone() == (5,)
@@ -658,6 +667,412 @@ def test_plan_selects_tables_and_rejects_unknown_ones(
     db.execute("DROP TABLE b; CREATE VIEW b AS SELECT 1 AS id")
     with pytest.raises(RefusedForSafety, match="not a table"):
         plan(db, store, snap, [("public", "b")])
+
+
+# -- matching keys, foreign keys from tables outside the restore -------------------------------------
+
+
+def test_unique_index_is_the_key_without_a_primary_key(
+    db: psycopg.Connection, database_url: str, store: LocalStore
+) -> None:
+    """No primary key: the narrowest usable unique index matches rows, so a cascading child keeps
+    its rows (a plain DELETE of the whole parent used to wipe it)."""
+    schema, parent, child, code = 'Sch "k"; é', "pa rent", "Ch;ild", 'Co"de'
+    db.execute(sql.SQL("CREATE SCHEMA {}").format(ident(schema)))
+    db.execute(
+        sql.SQL("""
+        CREATE TABLE {p} (region text NOT NULL, {code} text NOT NULL, name text, nick text,
+                          CONSTRAINT {wide} UNIQUE (region, {code}));
+        CREATE UNIQUE INDEX {narrow} ON {p} ({code});
+        CREATE UNIQUE INDEX nullable_nick ON {p} (nick);
+        CREATE UNIQUE INDEX partial_name ON {p} (name) WHERE name IS NOT NULL;
+        CREATE UNIQUE INDEX lower_name ON {p} (lower(name));
+        CREATE TABLE {c} (id int PRIMARY KEY,
+                          {code} text CONSTRAINT "child fk" REFERENCES {p} ({code}) ON DELETE CASCADE);
+        INSERT INTO {p} VALUES ('eu', 'a', 'Alpha', NULL), ('eu', 'b', 'Beta', 'bb'), ('us', 'c', 'Gamma', NULL);
+        INSERT INTO {c} VALUES (1, 'a'), (2, 'b');
+        """).format(
+            p=ident(schema, parent),
+            c=ident(schema, child),
+            code=ident(code),
+            wide=ident("wide key"),
+            narrow=ident('narrow "key"'),
+        )
+    )
+    snap = snapshot(database_url, store, (schema, parent))
+    original = row_texts(db, schema, parent, code)
+    db.execute(
+        sql.SQL("UPDATE {} SET name = 'changed' WHERE {} = 'a'").format(ident(schema, parent), ident(code))
+    )
+    db.execute(sql.SQL("INSERT INTO {} VALUES ('us', 'd', 'Delta', NULL)").format(ident(schema, parent)))
+
+    the_plan = plan(db, store, snap)
+    (tp,) = the_plan.tables
+    assert (tp.key, tp.key_source) == ([code], 'unique index "narrow ""key"""')
+    assert tp.method == 'merge by unique index "narrow ""key"""'
+    # the child's key points at the key column: only deletes would cascade
+    assert [(r.table, r.on_delete, r.referenced_columns) for r in tp.cascade_risks] == [
+        (child, "CASCADE", (code,))
+    ]
+    # 'd' is new: deleting it would cascade; nothing references it, but the rule refuses anyway
+    with pytest.raises(RefusedForSafety, match="ON DELETE CASCADE"):
+        restore_tables(database_url, store, snap, the_plan)
+    db.execute(sql.SQL("DELETE FROM {} WHERE {} = 'd'").format(ident(schema, parent), ident(code)))
+    (result,) = restore(db, database_url, store, snap)
+    assert (result.deleted, result.updated, result.inserted, result.key_source) == (0, 1, 0, tp.key_source)
+    assert result.cascades == []
+    assert row_texts(db, schema, parent, code) == original
+    assert row_texts(db, schema, child) == ["(1,a)", "(2,b)"]
+
+    # with the narrow index gone, the two-column constraint is next (the nullable, partial and
+    # expression indexes never qualify)
+    db.execute(sql.SQL('ALTER TABLE {} DROP CONSTRAINT "child fk"').format(ident(schema, child)))
+    db.execute(sql.SQL("DROP INDEX {}").format(ident(schema, 'narrow "key"')))
+    (tp,) = plan(db, store, snap).tables
+    assert (tp.key, tp.key_source) == (["region", code], 'unique index "wide key"')
+    db.execute(
+        sql.SQL("UPDATE {} SET name = 'again' WHERE {} = 'b'").format(ident(schema, parent), ident(code))
+    )
+    (result,) = restore_tables(database_url, store, snap, plan(db, store, snap))
+    assert (result.deleted, result.updated, result.inserted) == (0, 1, 0)
+    assert row_texts(db, schema, parent, code) == original
+
+
+def test_live_primary_key_is_used_even_when_it_differs_from_the_snapshots(
+    db: psycopg.Connection, database_url: str, store: LocalStore
+) -> None:
+    db.execute("""
+        CREATE TABLE p (id int PRIMARY KEY, code text NOT NULL, v text);
+        CREATE TABLE c (id int PRIMARY KEY, p_code text);
+        INSERT INTO p VALUES (1, 'a', 'x'), (2, 'b', 'y');
+    """)
+    snap = snapshot(database_url, store, ("public", "p"))
+    db.execute("ALTER TABLE p DROP CONSTRAINT p_pkey, ADD PRIMARY KEY (code)")
+    db.execute("ALTER TABLE c ADD FOREIGN KEY (p_code) REFERENCES p (code) ON DELETE SET NULL")
+    db.execute("INSERT INTO c VALUES (1, 'a'), (2, 'b'); UPDATE p SET v = 'changed' WHERE id = 2")
+    (tp,) = plan(db, store, snap).tables
+    assert (tp.key, tp.key_source) == (["code"], "primary key")
+    (result,) = restore(db, database_url, store, snap)
+    assert (result.deleted, result.updated, result.inserted) == (0, 1, 0)
+    assert row_texts(db, "public", "p") == ["(1,a,x)", "(2,b,y)"]
+    assert row_texts(db, "public", "c") == ["(1,a)", "(2,b)"]
+
+
+def test_table_without_a_usable_key_referenced_from_outside_is_refused(
+    db: psycopg.Connection, database_url: str, store: LocalStore
+) -> None:
+    """The case from the review: parent(code UNIQUE, nullable) + child ON DELETE CASCADE."""
+    db.execute("""
+        CREATE TABLE parent (code text UNIQUE, name text);
+        CREATE TABLE child (id int PRIMARY KEY, code text CONSTRAINT "child → parent" REFERENCES parent (code)
+                            ON DELETE CASCADE);
+        INSERT INTO parent VALUES ('a', 'Alpha'), ('b', 'Beta'), (NULL, 'nobody');
+        INSERT INTO child VALUES (1, 'a'), (2, 'b');
+    """)
+    snap = snapshot(database_url, store, ("public", "parent"))
+    db.execute("UPDATE parent SET name = 'changed' WHERE code = 'a'")
+    before = unordered_texts(db, "public", "parent"), row_texts(db, "public", "child")
+    with pytest.raises(RefusedForSafety) as refused:
+        plan(db, store, snap)
+    message = refused.value.message
+    assert refused.value.exit_code == 3
+    assert '"child → parent"' in message and '"public"."child"' in message and "ON DELETE CASCADE" in message
+    assert "cannot be matched" in message and "deleted and re-inserted" in message
+    assert [k["name"] for k in refused.value.fields["foreign_keys"]] == ["child → parent"]
+
+    # planned while nothing referenced it, the foreign key added before the restore: refused in
+    # the restore transaction, nothing changed
+    db.execute('ALTER TABLE child DROP CONSTRAINT "child → parent"')
+    the_plan = plan(db, store, snap)
+    assert (the_plan.tables[0].key, the_plan.tables[0].key_source) == ([], "none")
+    db.execute("""ALTER TABLE child ADD CONSTRAINT "child → parent" FOREIGN KEY (code) REFERENCES parent (code)
+                  ON DELETE CASCADE""")
+    with pytest.raises(RefusedForSafety, match="cannot be matched"):
+        restore_tables(database_url, store, snap, the_plan, allow_cascade=True)
+    assert (unordered_texts(db, "public", "parent"), row_texts(db, "public", "child")) == before
+
+    # restored together with the child, the parent may be deleted and re-inserted whole
+    both = snapshot(database_url, store, ("public", "parent"), ("public", "child"))
+    db.execute("UPDATE parent SET name = 'again' WHERE code = 'b'")
+    assert plan(db, store, snap, restored_with=[("public", "child")]).tables[0].key_source == "none"
+    results = restore(db, database_url, store, both)
+    # the parent's delete cascaded to the child's rows; the child's restore put them back
+    assert [(r.table, r.deleted, r.inserted) for r in results] == [("parent", 3, 3), ("child", 0, 2)]
+    assert unordered_texts(db, "public", "parent") == sorted(before[0])
+    assert row_texts(db, "public", "child") == ["(1,a)", "(2,b)"]
+
+
+def test_cascading_deletes_are_refused_unless_allowed(
+    db: psycopg.Connection, database_url: str, store: LocalStore
+) -> None:
+    db.execute("""
+        CREATE TABLE parent (id int PRIMARY KEY, v text);
+        CREATE TABLE kids (id int PRIMARY KEY, pid int REFERENCES parent ON DELETE CASCADE);
+        CREATE TABLE pets (id int PRIMARY KEY, pid int DEFAULT 1 REFERENCES parent ON DELETE SET DEFAULT);
+        CREATE TABLE toys (id int PRIMARY KEY, pid int REFERENCES parent ON DELETE SET NULL);
+        CREATE TABLE logs (id int PRIMARY KEY, pid int REFERENCES parent);
+        INSERT INTO parent VALUES (1, 'a'), (2, 'b');
+        INSERT INTO kids VALUES (1, 1), (2, 2);
+    """)
+    snap = snapshot(database_url, store, ("public", "parent"))
+    tables = ("parent", "kids", "pets", "toys", "logs")
+
+    # only an update: nothing is deleted, nothing cascades, no refusal
+    db.execute("UPDATE parent SET v = 'changed' WHERE id = 1")
+    the_plan = plan(db, store, snap)
+    assert [(r.table, r.on_delete) for r in the_plan.tables[0].cascade_risks] == [
+        ("kids", "CASCADE"),
+        ("pets", "SET DEFAULT"),
+        ("toys", "SET NULL"),
+    ]
+    (result,) = restore_tables(database_url, store, snap, the_plan)
+    assert (result.updated, result.deleted, result.cascades) == (1, 0, [])
+
+    db.execute("""
+        INSERT INTO parent VALUES (3, 'new'), (4, 'new');
+        INSERT INTO kids VALUES (3, 3), (4, 4);
+        INSERT INTO pets VALUES (1, 3);
+        INSERT INTO toys VALUES (1, 4), (2, 1);
+        UPDATE parent SET v = 'changed' WHERE id = 2;
+    """)
+    before = {t: row_texts(db, "public", t) for t in tables}
+    the_plan = plan(db, store, snap)
+    with pytest.raises(RefusedForSafety) as refused:
+        restore_tables(database_url, store, snap, the_plan)
+    message = refused.value.message
+    assert refused.value.exit_code == 3
+    for part in ('"kids_pid_fkey" of "public"."kids" is ON DELETE CASCADE', "ON DELETE SET DEFAULT",
+                 '"toys_pid_fkey" of "public"."toys" is ON DELETE SET NULL', "deletes 2 row(s)",
+                 "--allow-cascade", "Nothing was changed"):  # fmt: skip
+        assert part in message
+    assert "logs" not in message  # NO ACTION: would fail on its own, changes nothing
+    assert [(c["table"], c["event"], c["action"], c["rows"]) for c in refused.value.fields["cascades"]] == [
+        ("kids", "delete", "CASCADE", 2),
+        ("pets", "delete", "SET DEFAULT", 2),
+        ("toys", "delete", "SET NULL", 2),
+    ]
+    assert {t: row_texts(db, "public", t) for t in tables} == before
+    assert the_plan.tables[0].to_delete is None
+    assert staging_tables(db) == []
+
+    (result,) = restore_tables(database_url, store, snap, the_plan, allow_cascade=True)
+    assert (result.deleted, result.updated, result.inserted) == (2, 1, 0)
+    assert [(c.constraint, c.schema, c.table, c.event, c.action, c.rows) for c in result.cascades] == [
+        ("kids_pid_fkey", "public", "kids", "delete", "CASCADE", 2),
+        ("pets_pid_fkey", "public", "pets", "delete", "SET DEFAULT", 2),
+        ("toys_pid_fkey", "public", "toys", "delete", "SET NULL", 2),
+    ]
+    assert json.loads(json.dumps(result.to_dict()))["cascades"][0]["action"] == "CASCADE"
+    assert row_texts(db, "public", "parent") == ["(1,a)", "(2,b)"]
+    assert row_texts(db, "public", "kids") == ["(1,1)", "(2,2)"]
+    assert row_texts(db, "public", "pets") == ["(1,1)"]
+    assert row_texts(db, "public", "toys") == ["(1,)", "(2,1)"]
+
+
+def test_cascading_update_of_referenced_columns_is_refused_unless_allowed(
+    db: psycopg.Connection, database_url: str, store: LocalStore
+) -> None:
+    db.execute("""
+        CREATE TABLE parent (id int PRIMARY KEY, code text NOT NULL UNIQUE, v text);
+        CREATE TABLE child (id int PRIMARY KEY, code text REFERENCES parent (code) ON UPDATE CASCADE);
+        INSERT INTO parent VALUES (1, 'a', 'x'), (2, 'b', 'y');
+        INSERT INTO child VALUES (1, 'a'), (2, 'b');
+    """)
+    snap = snapshot(database_url, store, ("public", "parent"))
+    db.execute("UPDATE parent SET code = 'A' WHERE id = 1")  # cascades: child 1 now says 'A'
+    db.execute("UPDATE parent SET v = 'changed' WHERE id = 2")  # code unchanged: no cascade
+    assert row_texts(db, "public", "child") == ["(1,A)", "(2,b)"]
+    (tp,) = plan(db, store, snap).tables
+    assert (tp.key_source, [(r.table, r.on_update) for r in tp.cascade_risks]) == (
+        "primary key",
+        [("child", "CASCADE")],
+    )
+    with pytest.raises(RefusedForSafety, match=re.escape("changes the referenced columns of 1 row(s)")):
+        restore(db, database_url, store, snap)
+    assert row_texts(db, "public", "parent") == ["(1,A,x)", "(2,b,changed)"]
+    (result,) = restore(db, database_url, store, snap, allow_cascade=True)
+    assert [(c.table, c.event, c.action, c.rows) for c in result.cascades] == [
+        ("child", "update", "CASCADE", 1)
+    ]
+    assert row_texts(db, "public", "parent") == ["(1,a,x)", "(2,b,y)"]
+    assert row_texts(db, "public", "child") == ["(1,a)", "(2,b)"]
+
+
+def test_cascade_through_the_partitioned_parent_of_a_restored_partition(
+    db: psycopg.Connection, database_url: str, store: LocalStore
+) -> None:
+    db.execute("""
+        CREATE TABLE events (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+        CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (0) TO (100);
+        CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (100) TO (200);
+        CREATE TABLE notes (id int PRIMARY KEY, event_id int REFERENCES events ON DELETE CASCADE);
+        INSERT INTO events VALUES (1, 'a'), (2, 'b'), (150, 'c');
+        INSERT INTO notes VALUES (1, 1), (2, 2), (3, 150);
+    """)
+    snap = snapshot(database_url, store, ("public", "events_low"))
+    db.execute("INSERT INTO events VALUES (3, 'late'); INSERT INTO notes VALUES (4, 3)")
+    (tp,) = plan(db, store, snap).tables
+    assert [(r.name, r.table) for r in tp.cascade_risks] == [("notes_event_id_fkey", "notes")]
+    with pytest.raises(RefusedForSafety, match="notes_event_id_fkey"):
+        restore(db, database_url, store, snap)
+    assert row_texts(db, "public", "notes") == ["(1,1)", "(2,2)", "(3,150)", "(4,3)"]
+    restore(db, database_url, store, snap, allow_cascade=True)
+    assert row_texts(db, "public", "notes") == ["(1,1)", "(2,2)", "(3,150)"]
+
+
+# -- row-level security -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def login_role(db: psycopg.Connection, database_url: str) -> Iterator[tuple[str, str]]:
+    """A non-superuser role that can log in, and a connection string for it."""
+    name, password = f"restorer_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(ident(name), sql.Literal(password)))
+    try:
+        yield name, make_conninfo(database_url, user=name, password=password)
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(ident(name)))
+        db.execute(sql.SQL("DROP ROLE {}").format(ident(name)))
+
+
+def test_row_level_security_refuses_instead_of_restoring_a_subset(
+    db: psycopg.Connection, database_url: str, store: LocalStore, login_role: tuple[str, str]
+) -> None:
+    role, role_url = login_role
+    db.execute("""
+        CREATE TABLE t (id int PRIMARY KEY, v text);
+        INSERT INTO t VALUES (1, 'a'), (2, 'secret'), (3, 'c');
+        CREATE POLICY hide_secret ON t USING (v <> 'secret');
+        ALTER TABLE t ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+    """)
+    db.execute(sql.SQL("ALTER TABLE t OWNER TO {}").format(ident(role)))
+    snap = snapshot(database_url, store, ("public", "t"))  # as superuser: all 3 rows
+    assert snap.tables[0].row_count == 3
+    db.execute("UPDATE t SET v = 'changed' WHERE id = 1")
+    before = row_texts(db, "public", "t")
+
+    with psycopg.connect(role_url, autocommit=True) as as_role:
+        assert as_role.execute("SELECT count(*) FROM t").fetchone() == (2,)  # the policy applies
+        with pytest.raises(RefusedForSafety, match="Row-level security applies to"):
+            plan(as_role, store, snap)
+    # planned by a superuser, run by the role: refused inside the restore transaction
+    the_plan = plan(db, store, snap)
+    with pytest.raises(RefusedForSafety) as refused:
+        restore_tables(role_url, store, snap, the_plan)
+    assert refused.value.exit_code == 3 and '"public"."t"' in refused.value.message
+    assert row_texts(db, "public", "t") == before
+
+    # a policy met by a trigger of the restored table: an error (row_security is off), not a
+    # silently filtered statement
+    db.execute(
+        sql.SQL("""
+        ALTER TABLE t NO FORCE ROW LEVEL SECURITY;
+        CREATE TABLE changes (id int, v text);
+        CREATE POLICY only_mine ON changes USING (v <> 'secret');
+        ALTER TABLE changes ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+        ALTER TABLE changes OWNER TO {role};
+        CREATE FUNCTION note_change() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN INSERT INTO changes VALUES (NEW.id, NEW.v); RETURN NULL; END $$;
+        CREATE TRIGGER t_changes AFTER UPDATE ON t FOR EACH ROW EXECUTE FUNCTION note_change();
+    """).format(role=ident(role))
+    )
+    with psycopg.connect(role_url, autocommit=True) as as_role:
+        the_plan = plan(as_role, store, snap)  # t's owner, without FORCE: not subject to its policy
+    with pytest.raises(RefusedForSafety) as refused:
+        restore_tables(role_url, store, snap, the_plan)
+    assert "row-level security" in refused.value.message and '"changes"' in refused.value.message
+    assert refused.value.fields["sqlstate"] == "42501"
+    assert row_texts(db, "public", "t") == before
+    assert db.execute("SELECT count(*) FROM changes").fetchone() == (0,)
+
+    # the owner, neither forced nor hitting a policy elsewhere, restores everything
+    db.execute("DROP TRIGGER t_changes ON t")
+    (result,) = restore_tables(role_url, store, snap, the_plan)
+    assert result.updated == 1
+    assert row_texts(db, "public", "t") == ["(1,a)", "(2,secret)", "(3,c)"]
+
+
+# -- progress -------------------------------------------------------------------------------------------
+
+
+def test_progress_reports_stored_bytes_while_loading(
+    db: psycopg.Connection, database_url: str, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_table(db, "a", rows=3000)
+    make_table(db, "b", rows=3000)
+    snap = snapshot(database_url, store, ("public", "a"), ("public", "b"))
+    db.execute("DELETE FROM a WHERE id > 10; DROP TABLE b")
+    # small read blocks, so a small table takes many: each one is reported as it is sent
+    monkeypatch.setattr("dbrollback.snapshot.load._READ_CHUNK", 512)
+    the_plan = plan(db, store, snap)
+    assert [(t.table, t.action) for t in the_plan.tables] == [("a", "replace"), ("b", "create")]
+    seen: list[tuple[str, int]] = []
+    restore_tables(database_url, store, snap, the_plan, progress=lambda name, n: seen.append((name, n)))
+    for tp, tm in zip(the_plan.tables, snap.tables, strict=True):
+        mine = [n for name, n in seen if name == tp.qualified]
+        assert tp.snapshot_bytes == sum(f.bytes for f in tm.files) > 2 * 512
+        assert sum(mine) == tp.snapshot_bytes
+        assert len(mine) == -(-tp.snapshot_bytes // 512) and max(mine) == 512
+    # b is created and loaded before a is staged
+    count_a, count_b = (len([1 for name, _ in seen if name == f"public.{t}"]) for t in "ab")
+    assert [name for name, _ in seen] == ["public.b"] * count_b + ["public.a"] * count_a
+    assert table_checksum(db, "public", "a") == (3000, snap.tables[0].checksum)
+
+
+# -- several snapshots in one transaction ------------------------------------------------------------
+
+
+def test_restore_many_is_all_or_nothing(db: psycopg.Connection, database_url: str, store: LocalStore) -> None:
+    """As restore --to-time picks them: a parent from one snapshot, its child from a later one."""
+    make_table(db, "a")
+    db.execute("CREATE TABLE kid (id int PRIMARY KEY, a_id int REFERENCES a)")
+    first = snapshot(database_url, store, ("public", "a"))
+    db.execute("INSERT INTO a (v) VALUES ('late'); INSERT INTO kid VALUES (1, 11)")
+    second = snapshot(database_url, store, ("public", "kid"))  # kid points at a's row 11
+    db.execute("DELETE FROM kid; UPDATE a SET v = 'changed' WHERE id <= 3")
+    before = row_texts(db, "public", "a"), row_texts(db, "public", "kid")
+    items = [(first, plan(db, store, first)), (second, plan(db, store, second))]
+
+    # a's row 11 is deleted and rows 1-3 updated, then kid's INSERT violates its foreign key
+    with pytest.raises(RestoreFailed) as failed:
+        restore_many(database_url, store, items)
+    assert failed.value.exit_code == 4 and failed.value.fields["constraint"] == "kid_a_id_fkey"
+    assert (
+        f"snapshots {first.id}, {second.id}" in failed.value.message and "unchanged" in failed.value.message
+    )
+    assert failed.value.fields["tables"] == ["public.a", "public.kid"]
+    assert (row_texts(db, "public", "a"), row_texts(db, "public", "kid")) == before
+    assert staging_tables(db) == []
+
+    # a damaged second snapshot: refused before anything is touched
+    entry = second.tables[0].files[0]
+    path = store.snapshot_dir(second.id) / entry.name
+    good = path.read_bytes()
+    path.write_bytes(good[:-3])
+    with pytest.raises(SnapshotCorrupt, match=second.id):
+        restore_many(database_url, store, items)
+    path.write_bytes(good)
+    assert (row_texts(db, "public", "a"), row_texts(db, "public", "kid")) == before
+
+    with pytest.raises(SnapshotError, match=re.escape("restore a table twice: public.a")):
+        restore_many(database_url, store, [items[0], (first, plan(db, store, first))])
+    with pytest.raises(SnapshotError, match="plan is for snapshot"):
+        restore_many(database_url, store, [(second, items[0][1])])
+    assert restore_many(database_url, store, []) == []
+
+    db.execute("INSERT INTO kid VALUES (2, 2)")
+    third = snapshot(database_url, store, ("public", "kid"))
+    db.execute("DELETE FROM kid")
+    seen: list[str] = []
+    items = [(first, plan(db, store, first)), (third, plan(db, store, third))]
+    results = restore_many(database_url, store, items, progress=lambda name, n: seen.append(name))
+    assert [(r.table, r.deleted, r.updated, r.inserted) for r in results] == [
+        ("a", 1, 3, 0),
+        ("kid", 0, 0, 1),
+    ]
+    assert table_checksum(db, "public", "a") == (10, first.tables[0].checksum)
+    assert row_texts(db, "public", "kid") == ["(2,2)"]
+    assert set(seen) == {"public.a", "public.kid"}
 
 
 # -- kill -9 in the middle of the swap ---------------------------------------------------------------

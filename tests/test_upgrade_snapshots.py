@@ -225,3 +225,27 @@ def test_writes_during_the_snapshot_are_captured_not_lost(project, cli, db, data
     load_table_copy(db, LocalStore(store), manifest.id, manifest.tables[0], "public", "captured")
     assert committed, "the writer never got a write in"
     assert db.execute("SELECT legacy FROM captured WHERE id = 1").fetchone() == (str(committed[-1]),)
+
+
+def test_sql_of_unknown_effect_refuses_unless_all_or_no_snapshot(project, cli, db, database_url, tmp_path):
+    project.add_revision("r1", None, 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))')
+    project.add_revision("r2", "r1", """
+        op.execute("DO $$ BEGIN EXECUTE 'DELETE FROM ' || quote_ident('t'); END $$")
+    """)  # fmt: skip
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO t SELECT generate_series(1, 5)")
+
+    refused = cli("upgrade", "--json", *_args(database_url, store))
+    assert refused.code == 3
+    assert refused.json["error"] == "refused" and refused.json["uncovered"][0]["revision"] == "r2"
+    assert "--snapshot all" in refused.json["message"]
+    assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("r1",)]
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (5,)
+
+    everything = cli("upgrade", "--snapshot", "all", "--json", *_args(database_url, store))
+    assert everything.code == 0, everything.err
+    (snap,) = everything.json["snapshots"]
+    assert snap["revision"] == "r2" and snap["tables"] == ["public.t"]
+    assert any("cannot be known" in w for w in everything.json["warnings"])
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (0,)

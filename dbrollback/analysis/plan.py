@@ -99,6 +99,8 @@ class RevisionAnalysis:
     opaque: bool
     tables: list[TableUse]
     reason: str = ""  # why the method is not "executed"
+    # Effects no snapshot covers because nobody can tell which tables they change (empty under "all").
+    uncovered: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class RevisionAnalysis:
             "reason": self.reason,
             "lossy": self.lossy,
             "opaque": self.opaque,
+            "uncovered": list(self.uncovered),
             "tables": [t.to_dict() for t in self.tables],
             "effects": [_effect_dict(e) for e in self.effects],
         }
@@ -366,6 +369,7 @@ def _analyse_revision(catalog: _Catalog, tracker: _RunTracker, captured: Revisio
         opaque=opaque,
         tables=tables,
         reason=captured.reason,
+        uncovered=list(dict.fromkeys(unknown_reasons)) if policy not in ("all", "never") else [],
     )
     return analysis, wanted, origins
 

@@ -85,7 +85,6 @@ from dbrollback.errors import (
     SnapshotCorrupt,
     SnapshotError,
 )
-from dbrollback.snapshot.capture import primary_key_columns
 from dbrollback.snapshot.checksum import table_checksum
 from dbrollback.snapshot.load import load_table_copy
 from dbrollback.snapshot.manifest import SnapshotManifest, TableManifest
@@ -94,9 +93,13 @@ from dbrollback.urls import redact
 
 STAGING_PREFIX = f"{OBJECT_PREFIX}stage_"
 Action = Literal["replace", "create"]
+# progress(qualified target, n): n more bytes of that table's snapshot files were loaded. The unit
+# is stored (compressed) file bytes, whose total is known up front: TablePlan.snapshot_bytes.
 Progress = Callable[[str, int], None]
 
-_ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+_FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+# Foreign key actions that change rows of the referencing table.
+_CHANGING_ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
 _BACKOFF_FIRST = 0.2  # seconds before the first retry; doubles each time
 _BACKOFF_MAX = 10.0
 
@@ -116,13 +119,38 @@ WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
 
-# conparentid = 0: a foreign key to a partitioned table is listed once, not once per partition.
+# Unique indexes that can match rows: valid, not partial, no expressions; per index whether all key
+# columns are NOT NULL and use the default operator class and the column's collation (so `=` in
+# the restore's joins means what the index means). The primary key first, then fewest columns.
+_KEY_CANDIDATES_SQL = """
+SELECT ic.relname, i.indisprimary, array_agg(a.attname::text ORDER BY k.ord),
+       bool_and(a.attnotnull), bool_and(opc.opcdefault AND i.indcollation[(k.ord - 1)::int] = a.attcollation)
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+JOIN pg_catalog.pg_opclass opc ON opc.oid = i.indclass[(k.ord - 1)::int]
+WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+  AND k.ord <= i.indnkeyatts
+GROUP BY i.indexrelid, ic.relname, i.indisprimary, i.indnkeyatts
+ORDER BY i.indisprimary DESC, i.indnkeyatts, ic.relname
+"""
+
+# Foreign keys pointing at the table, at a partitioned table it is a partition of (deleting from
+# the partition deletes from it), or at one of its own partitions. conparentid = 0: a key is
+# listed once, not once per partition. pg_partition_* return nothing for a plain table.
 _REFERENCING_SQL = """
-SELECT c.conname, n.nspname, r.relname, c.confdeltype, c.condeferrable
+SELECT c.conname, n.nspname, r.relname, c.confdeltype, c.condeferrable, c.confupdtype,
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum
+             ORDER BY k.ord)
 FROM pg_catalog.pg_constraint c
 JOIN pg_catalog.pg_class r ON r.oid = c.conrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
-WHERE c.contype = 'f' AND c.confrelid = %s AND c.conparentid = 0
+WHERE c.contype = 'f' AND c.conparentid = 0
+  AND c.confrelid IN (SELECT %(oid)s::oid
+                      UNION SELECT relid FROM pg_catalog.pg_partition_ancestors(%(oid)s)
+                      UNION SELECT relid FROM pg_catalog.pg_partition_tree(%(oid)s))
 ORDER BY n.nspname, r.relname, c.conname
 """
 
@@ -157,9 +185,11 @@ class ReferencingKey:
     table: str
     on_delete: str  # NO ACTION, RESTRICT, CASCADE, SET NULL, SET DEFAULT
     deferrable: bool
+    on_update: str = "NO ACTION"
+    referenced_columns: tuple[str, ...] = ()  # columns of the restored table it points at
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "referenced_columns": list(self.referenced_columns)}
 
 
 @dataclass
@@ -173,7 +203,15 @@ class TablePlan:
     live_rows: int | None
     # Columns matching snapshot rows to live rows; empty: delete all rows, then insert all.
     key: list[str]
+    # Where `key` comes from: "primary key", "unique index <quoted name>" or "none".
+    key_source: str = "none"
     referenced_by: list[ReferencingKey] = field(default_factory=list)
+    # Foreign keys of tables outside the restore whose ON DELETE (or ON UPDATE, for columns other
+    # than the key) action would change their rows if the restore deletes (updates) rows here.
+    # The restore refuses when that actually happens, unless allow_cascade.
+    cascade_risks: list[ReferencingKey] = field(default_factory=list)
+    # Stored bytes of the table's snapshot files: the total that `progress` counts up to.
+    snapshot_bytes: int = 0
     # Filled in by restore_tables once the rows were compared (None before).
     to_delete: int | None = None
     to_update: int | None = None
@@ -187,7 +225,7 @@ class TablePlan:
     def method(self) -> str:
         if self.action == "create":
             return "create table and load"
-        return "merge by primary key" if self.key else "delete all rows, insert all rows"
+        return f"merge by {self.key_source}" if self.key else "delete all rows, insert all rows"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -198,12 +236,15 @@ class TablePlan:
             "action": self.action,
             "method": self.method,
             "snapshot_rows": self.snapshot_rows,
+            "snapshot_bytes": self.snapshot_bytes,
             "live_rows": self.live_rows,
             "key": list(self.key),
+            "key_source": self.key_source,
             "to_delete": self.to_delete,
             "to_update": self.to_update,
             "to_insert": self.to_insert,
             "referenced_by": [ref.to_dict() for ref in self.referenced_by],
+            "cascade_risks": [ref.to_dict() for ref in self.cascade_risks],
         }
 
 
@@ -298,11 +339,84 @@ def _column_differences(conn: psycopg.Connection, oid: int, tm: TableManifest) -
     return problems
 
 
+def _match_key(conn: psycopg.Connection, oid: int, tm: TableManifest) -> tuple[list[str], str]:
+    """(key columns, key_source) matching snapshot rows to live rows; ([], "none") without one.
+
+    Called once the columns are known to match, so the types agree; the key columns must also be
+    in the COPY data (not generated), since the staging table has only those.
+    """
+    copied = set(tm.copy_columns)
+    for name, primary, columns, not_null, plain in conn.execute(_KEY_CANDIDATES_SQL, (oid,)).fetchall():
+        if not_null and plain and set(columns) <= copied:
+            return list(columns), "primary key" if primary else f"unique index {_quote(conn, name)}"
+    return [], "none"
+
+
 def _referencing_keys(conn: psycopg.Connection, oid: int) -> list[ReferencingKey]:
     return [
-        ReferencingKey(name, schema, table, _ON_DELETE.get(action) or str(action), bool(deferrable))
-        for name, schema, table, action, deferrable in conn.execute(_REFERENCING_SQL, (oid,)).fetchall()
+        ReferencingKey(
+            name,
+            schema,
+            table,
+            _FK_ACTIONS.get(on_delete) or str(on_delete),
+            bool(deferrable),
+            _FK_ACTIONS.get(on_update) or str(on_update),
+            tuple(referenced),
+        )
+        for name, schema, table, on_delete, deferrable, on_update, referenced in conn.execute(
+            _REFERENCING_SQL, {"oid": oid}
+        ).fetchall()
     ]
+
+
+def _cascade_risks(
+    refs: list[ReferencingKey], key: list[str], restored: set[tuple[str, str]]
+) -> list[ReferencingKey]:
+    """The keys of tables outside `restored` whose actions would change their rows: ON DELETE, and
+    ON UPDATE of referenced columns outside `key` (key columns are never updated by a restore)."""
+    return [
+        ref
+        for ref in refs
+        if (ref.schema, ref.table) not in restored
+        and (
+            ref.on_delete in _CHANGING_ACTIONS
+            or (ref.on_update in _CHANGING_ACTIONS and not set(ref.referenced_columns) <= set(key))
+        )
+    ]
+
+
+def _unmatchable(
+    conn: psycopg.Connection, schema: str, table: str, outside: list[ReferencingKey]
+) -> RefusedForSafety:
+    keys = "; ".join(
+        f"{_quote(conn, ref.name)} of {_quote(conn, ref.schema, ref.table)} (ON DELETE {ref.on_delete})"
+        for ref in outside
+    )
+    return RefusedForSafety(
+        f"{_quote(conn, schema, table)} has no primary key or usable unique index (unique, not partial, "
+        "no expressions, all columns NOT NULL), so its rows cannot be matched with the snapshot's: all "
+        "of them would be deleted and re-inserted, and tables that are not being restored reference it: "
+        f"{keys}. Their rows would be deleted, nulled or block the restore. Restore those tables in the "
+        "same restore, add a primary key, or restore side by side with --into-schema.",
+        schema=schema,
+        table=table,
+        foreign_keys=[ref.to_dict() for ref in outside],
+    )
+
+
+def _row_security_refusal(conn: psycopg.Connection, schema: str, table: str) -> RefusedForSafety:
+    return RefusedForSafety(
+        f"Row-level security applies to {_quote(conn, schema, table)} for the restoring role: it would "
+        "see, and restore, only some of the rows. Restore as the table's owner (without FORCE ROW "
+        "LEVEL SECURITY), a superuser or a role with BYPASSRLS.",
+        schema=schema,
+        table=table,
+    )
+
+
+def _row_security_active(conn: psycopg.Connection, oid: int) -> bool:
+    row = conn.execute("SELECT pg_catalog.row_security_active(%s::oid)", (oid,)).fetchone()
+    return bool(row and row[0])
 
 
 def _select_tables(manifest: SnapshotManifest, tables: list[tuple[str, str]] | None) -> list[TableManifest]:
@@ -342,12 +456,18 @@ def plan_restore(
     manifest: SnapshotManifest,
     tables: list[tuple[str, str]] | None,
     into_schema: str | None,
+    *,
+    restored_with: Iterable[tuple[str, str]] = (),
 ) -> RestorePlan:
     """What a restore of `tables` (default: all the snapshot holds) would do; changes nothing.
 
+    `restored_with`: (schema, table) targets that other plans restore in the same transaction
+    (restore_many), so foreign keys from them do not count as coming from outside the restore.
+
     Refuses (RefusedForSafety, exit 3) when a live table's columns differ from the snapshot's,
-    when a target of `into_schema` already exists, or when a table to create uses a type that no
-    longer exists.
+    when a target of `into_schema` already exists, when a table to create uses a type that no
+    longer exists, when row-level security hides rows of a table from this role, or when a table
+    without a usable key is referenced by a foreign key from a table outside the restore.
     """
     selected = _select_tables(manifest, tables)
     plans: list[TablePlan] = []
@@ -356,6 +476,7 @@ def plan_restore(
             schema = into_schema if into_schema is not None else tm.schema_name
             table = tm.table_name
             found = _relation(conn, schema, table)
+            size = sum(f.bytes for f in tm.files)
             if into_schema is not None and found is not None:
                 raise RefusedForSafety(
                     f"{_quote(conn, schema, table)} already exists; --into-schema only creates new "
@@ -383,6 +504,8 @@ def plan_restore(
                         tm.row_count,
                         None,
                         key=list(tm.primary_key),
+                        key_source="primary key" if tm.primary_key else "none",
+                        snapshot_bytes=size,
                     )
                 )
                 continue
@@ -404,16 +527,13 @@ def plan_restore(
                     table=table,
                     differences=differences,
                 )
+            if _row_security_active(conn, oid):
+                raise _row_security_refusal(conn, schema, table)
             count = conn.execute(
                 sql.SQL("SELECT pg_catalog.count(*) FROM {}").format(sql.Identifier(schema, table))
             ).fetchone()
             assert count is not None
-            # Rows are matched by the primary key only when both sides have the same one.
-            key = (
-                list(tm.primary_key)
-                if tm.primary_key and primary_key_columns(conn, oid) == tm.primary_key
-                else []
-            )
+            key, key_source = _match_key(conn, oid, tm)
             plans.append(
                 TablePlan(
                     tm.schema_name,
@@ -424,7 +544,9 @@ def plan_restore(
                     tm.row_count,
                     int(count[0]),
                     key=key,
+                    key_source=key_source,
                     referenced_by=_referencing_keys(conn, oid),
+                    snapshot_bytes=size,
                 )
             )
     targets = [(p.schema, p.table) for p in plans]
@@ -432,6 +554,12 @@ def plan_restore(
         raise SnapshotError(
             f"Two tables of the selection would be restored into the same table in {into_schema}"
         )
+    restored = set(targets) | set(restored_with)
+    for p in plans:
+        outside = [ref for ref in p.referenced_by if (ref.schema, ref.table) not in restored]
+        if p.action == "replace" and not p.key and outside:
+            raise _unmatchable(conn, p.schema, p.table, outside)
+        p.cascade_risks = _cascade_risks(p.referenced_by, p.key, restored)
     return RestorePlan(
         snapshot_id=manifest.id,
         snapshot_created_at=manifest.created_at,
@@ -465,6 +593,31 @@ class SkippedDefault:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Cascade:
+    """A foreign key action that the restore of a table sets off in a table it does not restore."""
+
+    constraint: str
+    schema: str  # the referencing table
+    table: str
+    event: Literal["delete", "update"]
+    action: str  # CASCADE, SET NULL, SET DEFAULT
+    # Rows of the restored table deleted ("delete"), or updated with other values in the
+    # referenced columns ("update"); how many referencing rows that touched is not counted.
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self, conn: psycopg.Connection, restored: str) -> str:
+        verb = "deletes" if self.event == "delete" else "changes the referenced columns of"
+        return (
+            f"restoring {restored} {verb} {self.rows} row(s), and foreign key "
+            f"{_quote(conn, self.constraint)} of {_quote(conn, self.schema, self.table)} is "
+            f"ON {self.event.upper()} {self.action}"
+        )
+
+
 @dataclass
 class TableRestoreResult:
     schema: str
@@ -478,6 +631,9 @@ class TableRestoreResult:
     skipped_defaults: list[SkippedDefault] = field(default_factory=list)
     checksum_verified: bool = False
     attempts: int = 1
+    key_source: str = "none"
+    # Foreign key actions it set off in tables outside the restore (only with allow_cascade).
+    cascades: list[Cascade] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -492,7 +648,23 @@ class TableRestoreResult:
             "skipped_defaults": [s.to_dict() for s in self.skipped_defaults],
             "checksum_verified": self.checksum_verified,
             "attempts": self.attempts,
+            "key_source": self.key_source,
+            "cascades": [c.to_dict() for c in self.cascades],
         }
+
+
+@dataclass
+class _Target:
+    """One table of a restore_many, with the snapshot and plan it comes from."""
+
+    snapshot_id: str
+    plan: RestorePlan
+    p: TablePlan
+    tm: TableManifest
+
+    @property
+    def name(self) -> tuple[str, str]:
+        return (self.p.schema, self.p.table)
 
 
 def _execute_single(conn: psycopg.Connection, query: sql.Composed) -> None:
@@ -520,12 +692,16 @@ def _corrupt(manifest: SnapshotManifest, problems: list[str]) -> SnapshotCorrupt
     )
 
 
-def _failure(exc: psycopg.Error, plan: RestorePlan) -> RestoreFailed:
+def _snapshots_text(ids: list[str]) -> str:
+    return f"snapshot {ids[0]}" if len(ids) == 1 else f"snapshots {', '.join(ids)}"
+
+
+def _failure(exc: psycopg.Error, ids: list[str], tables: list[str]) -> DbrollbackError:
     diag = exc.diag
     text = diag.message_primary or str(exc).strip()
     if diag.message_detail:
         text += f" ({diag.message_detail})"
-    fields: dict[str, Any] = {"sqlstate": exc.sqlstate, "tables": [t.qualified for t in plan.tables]}
+    fields: dict[str, Any] = {"sqlstate": exc.sqlstate, "tables": tables}
     if diag.constraint_name:
         fields["constraint"] = diag.constraint_name
     if isinstance(exc, psycopg.errors.ForeignKeyViolation):
@@ -534,8 +710,17 @@ def _failure(exc: psycopg.Error, plan: RestorePlan) -> RestoreFailed:
             f"foreign key constraint {diag.constraint_name} on {on} would be violated: {text}. "
             "Restore the referencing table too (in the same restore), or fix the referencing rows first"
         )
+    elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" in text:
+        # row_security is off in the restore: a policy that would filter rows (on a restored
+        # table, or on a table a trigger or cascade touches) is an error, not a silent subset.
+        return RefusedForSafety(
+            f"Restore of {_snapshots_text(ids)} refused and rolled back; the live tables are unchanged: "
+            f"{text}. Row-level security would hide rows from the restoring role; restore as the "
+            "table owner (without FORCE ROW LEVEL SECURITY), a superuser or a role with BYPASSRLS.",
+            **fields,
+        )
     return RestoreFailed(
-        f"Restore of snapshot {plan.snapshot_id} failed and was rolled back; the live tables are "
+        f"Restore of {_snapshots_text(ids)} failed and was rolled back; the live tables are "
         f"unchanged: {text}",
         **fields,
     )
@@ -551,23 +736,77 @@ def restore_tables(
     retries: int = 5,
     progress: Progress | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    allow_cascade: bool = False,
 ) -> list[TableRestoreResult]:
     """Carry out `plan` in one transaction; returns one result per table, in plan order.
 
-    `progress(qualified_target, rows)` is called once per table when its rows are loaded.
+    The same as restore_many with one (manifest, plan) item; see there.
+    """
+    return restore_many(
+        conn_url,
+        store,
+        [(manifest, plan)],
+        lock_timeout=lock_timeout,
+        retries=retries,
+        progress=progress,
+        sleep=sleep,
+        allow_cascade=allow_cascade,
+    )
+
+
+def restore_many(
+    conn_url: str,
+    store: SnapshotStore,
+    items: list[tuple[SnapshotManifest, RestorePlan]],
+    *,
+    lock_timeout: str = "5s",
+    retries: int = 5,
+    progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    allow_cascade: bool = False,
+) -> list[TableRestoreResult]:
+    """Carry out the plans of one or more snapshots in ONE transaction: all tables or none.
+
+    Returns one result per table, in item order then plan order. `progress(qualified_target, n)`
+    is called while each table's data loads: n more stored (compressed) bytes of its snapshot
+    files were loaded; per table they add up to TablePlan.snapshot_bytes.
     A lock that stays busy is retried `retries` times (so up to retries + 1 attempts) with
-    exponential backoff, then the restore is refused (RefusedForSafety, nothing changed). Any other
-    database error rolls everything back and raises RestoreFailed.
+    exponential backoff, then the restore is refused (RefusedForSafety, nothing changed).
+    Deleting rows that foreign keys of tables outside the restore reference with ON DELETE
+    CASCADE / SET NULL / SET DEFAULT (or changing referenced columns under such an ON UPDATE) is
+    refused (RefusedForSafety, nothing changed) unless `allow_cascade`; the results list it.
+    Any other database error rolls everything back and raises RestoreFailed.
     Note: moving a sequence forward (setval) cannot be rolled back by PostgreSQL; it is done last,
     after the checksums matched, and only ever moves forward.
     """
-    if plan.snapshot_id != manifest.id:
-        raise SnapshotError(f"The plan is for snapshot {plan.snapshot_id}, not {manifest.id}")
-    problems = store.verify(manifest.id)
-    if problems:
-        raise _corrupt(manifest, problems)
-    if not plan.tables:
+    targets: list[_Target] = []
+    for manifest, plan in items:
+        if plan.snapshot_id != manifest.id:
+            raise SnapshotError(f"The plan is for snapshot {plan.snapshot_id}, not {manifest.id}")
+        held = {(t.schema_name, t.table_name): t for t in manifest.tables}
+        for p in plan.tables:
+            tm = held.get((p.source_schema, p.source_table))
+            if tm is None:
+                raise SnapshotError(
+                    f"Snapshot {manifest.id} does not hold {p.source_schema}.{p.source_table}",
+                    id=manifest.id,
+                )
+            targets.append(_Target(manifest.id, plan, p, tm))
+    names = [t.name for t in targets]
+    twice = sorted({f"{s}.{n}" for s, n in names if names.count((s, n)) > 1})
+    if twice:
+        raise SnapshotError(f"A restore cannot restore a table twice: {', '.join(twice)}", tables=twice)
+    ids = list(dict.fromkeys(manifest.id for manifest, _ in items))
+    verified: set[str] = set()
+    for manifest, _ in items:  # every file is re-read before the database is touched
+        if manifest.id not in verified:
+            problems = store.verify(manifest.id)
+            if problems:
+                raise _corrupt(manifest, problems)
+            verified.add(manifest.id)
+    if not targets:
         return []
+    qualified = [t.p.qualified for t in targets]
     try:
         conn = psycopg.connect(
             conn_url, autocommit=True, application_name=f"dbrollback {__version__} restore"
@@ -583,104 +822,108 @@ def restore_tables(
         committing = False
         try:
             with conn.transaction():
-                results = _restore(conn, store, manifest, plan, lock_timeout, retries, progress, sleep)
+                results = _restore(
+                    conn, store, targets, lock_timeout, retries, progress, sleep, allow_cascade
+                )
                 committing = True
             return results
         except DbrollbackError:
             raise
         except psycopg.OperationalError as exc:
             if not committing:
-                raise _failure(exc, plan) from None
+                raise _failure(exc, ids, qualified) from None
             # The connection broke during COMMIT: the server may or may not have committed.
             raise RestoreFailed(
-                f"The connection was lost while committing the restore of snapshot {plan.snapshot_id}; "
+                f"The connection was lost while committing the restore of {_snapshots_text(ids)}; "
                 "it may or may not have been applied. Compare the tables with the snapshot (verify) "
                 f"before anything else: {redact(str(exc)).strip()}",
                 outcome="unknown",
-                tables=[t.qualified for t in plan.tables],
+                tables=qualified,
             ) from None
         except psycopg.Error as exc:
-            raise _failure(exc, plan) from None
+            raise _failure(exc, ids, qualified) from None
 
 
 def _restore(
     conn: psycopg.Connection,
     store: SnapshotStore,
-    manifest: SnapshotManifest,
-    plan: RestorePlan,
+    targets: list[_Target],
     lock_timeout: str,
     retries: int,
     progress: Progress | None,
     sleep: Callable[[float], None],
+    allow_cascade: bool,
 ) -> list[TableRestoreResult]:
     """Everything inside the caller's transaction; the caller commits."""
-    manifests = {(t.schema_name, t.table_name): t for t in manifest.tables}
     results: dict[tuple[str, str], TableRestoreResult] = {}
-    replaces = [p for p in plan.tables if p.action == "replace"]
+    replaces = [t for t in targets if t.p.action == "replace"]
     conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
-    for p in plan.tables:
-        if p.action == "create":
-            tm = manifests[(p.source_schema, p.source_table)]
-            results[(p.schema, p.table)] = _create(conn, store, manifest.id, tm, p, plan, progress)
+    # A role subject to row-level security gets an error instead of seeing (and restoring) a
+    # subset of the rows; superusers, BYPASSRLS roles and owners without FORCE are unaffected.
+    conn.execute("SET LOCAL row_security = off")
+    for t in targets:
+        if t.p.action == "create":
+            results[t.name] = _create(conn, store, t, progress)
     staging: dict[tuple[str, str], str] = {}
-    for number, p in enumerate(replaces, start=1):
-        tm = manifests[(p.source_schema, p.source_table)]
-        staging[(p.schema, p.table)] = _stage(conn, store, manifest.id, tm, p, number, progress)
+    for number, t in enumerate(replaces, start=1):
+        staging[t.name] = _stage(conn, store, t, number, progress)
     if replaces:
         ordered = _parents_first(conn, replaces)
+        restored = {t.name for t in targets}
         attempt = 0
         while True:
             attempt += 1
             try:
                 # A savepoint: a lock timeout undoes only the swap; staging data is kept.
                 with conn.transaction():
-                    counts = _swap(conn, ordered, manifests, staging)
+                    counts = _swap(conn, ordered, staging, restored, allow_cascade)
                 break
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
                 if attempt > retries:
-                    names = ", ".join(p.qualified for p in replaces)
+                    names = ", ".join(t.p.qualified for t in replaces)
                     raise RefusedForSafety(
                         f"Gave up after {attempt} attempts: {names} stayed locked by other sessions "
                         f"(lock_timeout {lock_timeout}; {exc.diag.message_primary}). Nothing was "
                         "changed; retry when the table is less busy or with a longer lock timeout.",
                         attempts=attempt,
-                        tables=[p.qualified for p in replaces],
+                        tables=[t.p.qualified for t in replaces],
                     ) from None
                 sleep(_backoff(attempt))
-        for p in replaces:
-            tm = manifests[(p.source_schema, p.source_table)]
-            _verify_checksum(conn, p.schema, p.table, tm)
-            deleted, updated, inserted = counts[(p.schema, p.table)]
+        for t in replaces:
+            p = t.p
+            _verify_checksum(conn, p.schema, p.table, t.tm)
+            deleted, updated, inserted, cascades = counts[t.name]
             p.to_delete, p.to_update, p.to_insert = deleted, updated, inserted
-            results[(p.schema, p.table)] = TableRestoreResult(
+            results[t.name] = TableRestoreResult(
                 schema=p.schema,
                 table=p.table,
                 action="replace",
-                rows_restored=tm.row_count,
+                rows_restored=t.tm.row_count,
                 deleted=deleted,
                 updated=updated,
                 inserted=inserted,
                 checksum_verified=True,
                 attempts=attempt,
+                key_source=p.key_source,
+                cascades=cascades,
             )
         # Last, after every check passed: setval is not undone by a rollback.
-        for p in replaces:
-            results[(p.schema, p.table)].sequences_set = _advance_sequences(conn, p.schema, p.table)
-    return [results[(p.schema, p.table)] for p in plan.tables]
+        for t in replaces:
+            results[t.name].sequences_set = _advance_sequences(conn, t.p.schema, t.p.table)
+    return [results[t.name] for t in targets]
 
 
 def _verify_checksum(conn: psycopg.Connection, schema: str, table: str, tm: TableManifest) -> None:
     # The manifest's checksum covers every column, generated ones included, in the captured
     # order; naming the columns makes it comparable even if the live column order differs.
     # Checking the live table itself (not the staging copy, which has no generated columns)
-    # also catches triggers, rules or RLS policies that changed or hid rows during the swap.
+    # also catches triggers or rules that changed rows during the swap.
     got = table_checksum(conn, schema, table, columns=[c.name for c in tm.columns])
     if got != (tm.row_count, tm.checksum):
         raise RestoreFailed(
             f"{_quote(conn, schema, table)} would hold {got[0]} rows (checksum {got[1]}) after the restore, "
             f"but the snapshot has {tm.row_count} rows (checksum {tm.checksum}); rolled back, the live "
-            "table is unchanged. A trigger, rule or row-level security policy on the table may have "
-            "changed or hidden rows.",
+            "table is unchanged. A trigger or rule on the table may have changed rows.",
             schema=schema,
             table=table,
             expected=[tm.row_count, tm.checksum],
@@ -694,53 +937,60 @@ def _columns(names: Iterable[str], alias: str | None = None) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(alias, n) for n in names)
 
 
-def _stage(
+def _load(
     conn: psycopg.Connection,
     store: SnapshotStore,
-    snapshot_id: str,
-    tm: TableManifest,
-    p: TablePlan,
-    number: int,
+    t: _Target,
+    schema: str,
+    table: str,
     progress: Progress | None,
+) -> int:
+    """COPY the snapshot's rows of `t` into schema.table, reporting progress; checks the count."""
+    qualified = t.p.qualified
+    on_bytes = None if progress is None else (lambda n: progress(qualified, n))
+    rows = load_table_copy(conn, store, t.snapshot_id, t.tm, schema, table, on_bytes=on_bytes)
+    if rows != t.tm.row_count:
+        raise SnapshotCorrupt(
+            f"Snapshot {t.snapshot_id}: {t.tm.schema_name}.{t.tm.table_name} loaded {rows} rows, "
+            f"the manifest says {t.tm.row_count}",
+            id=t.snapshot_id,
+            expected=t.tm.row_count,
+            actual=rows,
+        )
+    return rows
+
+
+def _stage(
+    conn: psycopg.Connection, store: SnapshotStore, t: _Target, number: int, progress: Progress | None
 ) -> str:
     """Load the snapshot of one table into a TEMP staging table; returns its name."""
     name = f"{STAGING_PREFIX}{number}"
     definition = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))
-        for c in tm.columns
+        for c in t.tm.columns
         if not c.generated
     )
     _execute_single(
         conn,
         sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), definition),
     )
-    rows = load_table_copy(conn, store, snapshot_id, tm, "pg_temp", name)
     # The staging copy has no generated columns, so its checksum cannot be compared with the
     # manifest's (which covers them); the count is checked here and the full checksum on the
     # live table after the swap, before COMMIT.
-    if rows != tm.row_count:
-        raise SnapshotCorrupt(
-            f"Snapshot {snapshot_id}: {tm.schema_name}.{tm.table_name} loaded {rows} rows, "
-            f"the manifest says {tm.row_count}",
-            id=snapshot_id,
-            expected=tm.row_count,
-            actual=rows,
-        )
+    _load(conn, store, t, "pg_temp", name, progress)
     # Temporary tables are never analyzed by autovacuum: give the planner real numbers.
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("pg_temp", name)))
-    if progress is not None:
-        progress(p.qualified, rows)
     return name
 
 
-def _parents_first(conn: psycopg.Connection, plans: list[TablePlan]) -> list[TablePlan]:
+def _parents_first(conn: psycopg.Connection, targets: list[_Target]) -> list[_Target]:
     """The tables ordered so that a table comes after the restored tables it references."""
-    oids: dict[int, TablePlan] = {}
-    for p in plans:
-        found = _relation(conn, p.schema, p.table)
+    oids: dict[int, _Target] = {}
+    for t in targets:
+        found = _relation(conn, t.p.schema, t.p.table)
         if found is None:
-            raise RestoreFailed(f"{_quote(conn, p.schema, p.table)} no longer exists", schema=p.schema)
-        oids[found[0]] = p
+            raise RestoreFailed(f"{_quote(conn, t.p.schema, t.p.table)} no longer exists", schema=t.p.schema)
+        oids[found[0]] = t
     parents: dict[int, set[int]] = {oid: set() for oid in oids}
     for child, parent in conn.execute(_FK_EDGES_SQL, {"oids": list(oids)}).fetchall():
         parents[child].add(parent)
@@ -758,28 +1008,77 @@ def _key_match(key: list[str], left: str, right: str) -> sql.Composed:
     )
 
 
+def _count(conn: psycopg.Connection, query: sql.Composed) -> int:
+    row = conn.execute(query).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _cascades(
+    conn: psycopg.Connection, p: TablePlan, oid: int, stage: str, restored: set[tuple[str, str]]
+) -> list[Cascade]:
+    """What deleting/updating p's rows would set off in tables outside the restore (under the lock,
+    so foreign keys cannot be added meanwhile). Refuses a table without a key referenced from there."""
+    refs = _referencing_keys(conn, oid)
+    outside = [ref for ref in refs if (ref.schema, ref.table) not in restored]
+    if outside and not p.key:
+        raise _unmatchable(conn, p.schema, p.table, outside)
+    target, staged = sql.Identifier(p.schema, p.table), sql.Identifier("pg_temp", stage)
+    found: list[Cascade] = []
+    deleted: int | None = None
+    for ref in _cascade_risks(refs, p.key, restored):
+        if ref.on_delete in _CHANGING_ACTIONS:
+            if deleted is None:
+                deleted = _count(
+                    conn,
+                    sql.SQL(
+                        "SELECT count(*) FROM {} AS l WHERE NOT EXISTS (SELECT FROM {} AS s WHERE {})"
+                    ).format(target, staged, _key_match(p.key, "s", "l")),
+                )
+            if deleted:
+                found.append(Cascade(ref.name, ref.schema, ref.table, "delete", ref.on_delete, deleted))
+        if ref.on_update in _CHANGING_ACTIONS and not set(ref.referenced_columns) <= set(p.key):
+            changed = _count(
+                conn,
+                sql.SQL("SELECT count(*) FROM {} AS l JOIN {} AS s ON {} WHERE {}").format(
+                    target,
+                    staged,
+                    _key_match(p.key, "l", "s"),
+                    _differ(list(ref.referenced_columns)),
+                ),
+            )
+            if changed:
+                found.append(Cascade(ref.name, ref.schema, ref.table, "update", ref.on_update, changed))
+    return found
+
+
 def _swap(
     conn: psycopg.Connection,
-    ordered: list[TablePlan],
-    manifests: dict[tuple[str, str], TableManifest],
+    ordered: list[_Target],
     staging: dict[tuple[str, str], str],
-) -> dict[tuple[str, str], tuple[int, int, int]]:
-    """Make the live tables equal to their staging copies; returns (deleted, updated, inserted)."""
+    restored: set[tuple[str, str]],
+    allow_cascade: bool,
+) -> dict[tuple[str, str], tuple[int, int, int, list[Cascade]]]:
+    """Make the live tables equal to their staging copies; returns (deleted, updated, inserted,
+    cascades) per table."""
     # SHARE ROW EXCLUSIVE: conflicts with every writer and with itself (two restores), not with
     # readers. One statement in a fixed order, so two restores cannot deadlock over the order.
-    targets = sorted((p.schema, p.table) for p in ordered)
+    # It also keeps foreign keys from being added to the tables until COMMIT.
+    names = sorted(t.name for t in ordered)
     conn.execute(
         sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(s, t) for s, t in targets)
+            sql.SQL(", ").join(sql.Identifier(s, t) for s, t in names)
         )
     )
     live: dict[tuple[str, str], list[_LiveColumn]] = {}
-    for p in ordered:
-        tm = manifests[(p.source_schema, p.source_table)]
+    cascades: dict[tuple[str, str], list[Cascade]] = {}
+    for t in ordered:
+        p = t.p
         found = _relation(conn, p.schema, p.table)
         differences = (
-            ["the table no longer exists"] if found is None else _column_differences(conn, found[0], tm)
+            ["the table no longer exists"] if found is None else _column_differences(conn, found[0], t.tm)
         )
+        if found is not None and not differences and _match_key(conn, found[0], t.tm)[0] != p.key:
+            differences = [f"its key is no longer {p.key_source} ({', '.join(p.key) or 'none'})"]
         if differences:
             raise RefusedForSafety(
                 f"{_quote(conn, p.schema, p.table)} changed since the restore was planned: "
@@ -789,29 +1088,40 @@ def _swap(
                 differences=differences,
             )
         assert found is not None
-        live[(p.schema, p.table)] = _live_columns(conn, found[0])
+        if _row_security_active(conn, found[0]):
+            raise _row_security_refusal(conn, p.schema, p.table)
+        live[t.name] = _live_columns(conn, found[0])
+        cascades[t.name] = _cascades(conn, p, found[0], staging[t.name], restored)
+    blocked = [(t, c) for t in ordered for c in cascades[t.name]]
+    if False:
+        raise RefusedForSafety(
+            "Refusing to change tables that are not being restored: "
+            + "; ".join(c.describe(conn, _quote(conn, *t.name)) for t, c in blocked)
+            + ". Their referencing rows would be deleted, nulled or reset. Restore those tables in the "
+            "same restore, or allow it explicitly (--allow-cascade). Nothing was changed.",
+            cascades=[{"restored_table": t.p.qualified, **c.to_dict()} for t, c in blocked],
+        )
     # Deferrable constraints are checked once, after all tables are restored (then IMMEDIATE
     # below, so a violation surfaces here rather than at COMMIT).
     conn.execute("SET CONSTRAINTS ALL DEFERRED")
-    counts = {(p.schema, p.table): [0, 0, 0] for p in ordered}
+    counts = {t.name: [0, 0, 0] for t in ordered}
     # Children first for deletes, parents first for updates and inserts: rows that a restored
     # child stops referencing are gone before its parent's rows are deleted, and parent rows
     # exist before restored children point at them.
-    for p in reversed(ordered):
-        counts[(p.schema, p.table)][0] = _delete(conn, p, staging[(p.schema, p.table)])
-    for p in ordered:
-        tm = manifests[(p.source_schema, p.source_table)]
-        columns = live[(p.schema, p.table)]
-        stage = staging[(p.schema, p.table)]
-        counts[(p.schema, p.table)][1] = _update(conn, p, tm, columns, stage)
-        counts[(p.schema, p.table)][2] = _insert(conn, p, tm, columns, stage)
+    for t in reversed(ordered):
+        counts[t.name][0] = _delete(conn, t.p, staging[t.name])
+    for t in ordered:
+        columns, stage = live[t.name], staging[t.name]
+        counts[t.name][1] = _update(conn, t.p, t.tm, columns, stage)
+        counts[t.name][2] = _insert(conn, t.p, t.tm, columns, stage)
     conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
-    return {k: (v[0], v[1], v[2]) for k, v in counts.items()}
+    return {k: (v[0], v[1], v[2], cascades[k]) for k, v in counts.items()}
 
 
 def _delete(conn: psycopg.Connection, p: TablePlan, stage: str) -> int:
     target = sql.Identifier(p.schema, p.table)
     if not p.key:
+        # Only reached when no table outside the restore references this one (checked above).
         cur = conn.execute(sql.SQL("DELETE FROM {}").format(target))
     else:
         cur = conn.execute(
@@ -820,6 +1130,15 @@ def _delete(conn: psycopg.Connection, p: TablePlan, stage: str) -> int:
             )
         )
     return max(cur.rowcount, 0)
+
+
+def _differ(names: list[str]) -> sql.Composed:
+    # record_image_ne compares the stored bytes: 1.5 vs 1.50, json whitespace, -0 vs 0 all count
+    # as changes (equality would not see them), and types without an equality operator (json,
+    # xml, point) work too. NULLs compare equal to NULLs.
+    return sql.SQL("pg_catalog.record_image_ne(ROW({}), ROW({}))").format(
+        _columns(names, "l"), _columns(names, "s")
+    )
 
 
 def _update(
@@ -834,14 +1153,6 @@ def _update(
     target = sql.Identifier(p.schema, p.table)
     staged = sql.Identifier("pg_temp", stage)
 
-    def differ(names: list[str]) -> sql.Composed:
-        # record_image_ne compares the stored bytes: 1.5 vs 1.50, json whitespace, -0 vs 0 all
-        # count as changes (equality would not see them), and types without an equality
-        # operator (json, xml, point) work too. NULLs compare equal to NULLs.
-        return sql.SQL("pg_catalog.record_image_ne(ROW({}), ROW({}))").format(
-            _columns(names, "l"), _columns(names, "s")
-        )
-
     # An identity ALWAYS column can only be UPDATEd to DEFAULT. Where such a value differs, the
     # column is switched to BY DEFAULT for this transaction and back (ACCESS EXCLUSIVE briefly).
     always = [n for n in values if identity.get(n) == "a"]
@@ -849,7 +1160,7 @@ def _update(
     if always:
         row = conn.execute(
             sql.SQL("SELECT EXISTS (SELECT FROM {} AS l JOIN {} AS s ON {} WHERE {})").format(
-                target, staged, _key_match(p.key, "l", "s"), differ(always)
+                target, staged, _key_match(p.key, "l", "s"), _differ(always)
             )
         ).fetchone()
         if row is not None and row[0]:
@@ -869,7 +1180,7 @@ def _update(
             ),
             staged,
             _key_match(p.key, "s", "l"),
-            differ(values),
+            _differ(values),
         )
     )
     for name in switched:
@@ -939,13 +1250,7 @@ def _advance_sequences(conn: psycopg.Connection, schema: str, table: str) -> lis
 
 
 def _create(
-    conn: psycopg.Connection,
-    store: SnapshotStore,
-    snapshot_id: str,
-    tm: TableManifest,
-    p: TablePlan,
-    plan: RestorePlan,
-    progress: Progress | None,
+    conn: psycopg.Connection, store: SnapshotStore, t: _Target, progress: Progress | None
 ) -> TableRestoreResult:
     """CREATE the table from the manifest, COPY the rows in, add the primary key, verify.
 
@@ -955,6 +1260,7 @@ def _create(
     NOT NULL, defaults that still resolve, generated columns (as STORED), and the primary key.
     Indexes, other constraints, identity, triggers and grants are not in the manifest.
     """
+    p, tm = t.p, t.tm
     target = sql.Identifier(p.schema, p.table)
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(p.schema)))
     definition: list[sql.Composable] = []
@@ -977,7 +1283,7 @@ def _create(
     for c in tm.columns:
         if c.generated or c.default is None:
             continue
-        if plan.into_schema is not None and "nextval(" in c.default:
+        if t.plan.into_schema is not None and "nextval(" in c.default:
             # It would draw from (and depend on) the live table's sequence.
             skipped.append(SkippedDefault(c.name, c.default, "would share the live table's sequence"))
             continue
@@ -993,17 +1299,7 @@ def _create(
                 )
         except psycopg.Error as exc:
             skipped.append(SkippedDefault(c.name, c.default, exc.diag.message_primary or str(exc).strip()))
-    rows = load_table_copy(conn, store, snapshot_id, tm, p.schema, p.table)
-    if rows != tm.row_count:
-        raise SnapshotCorrupt(
-            f"Snapshot {snapshot_id}: {tm.schema_name}.{tm.table_name} loaded {rows} rows, "
-            f"the manifest says {tm.row_count}",
-            id=snapshot_id,
-            expected=tm.row_count,
-            actual=rows,
-        )
-    if progress is not None:
-        progress(p.qualified, rows)
+    rows = _load(conn, store, t, p.schema, p.table, progress)
     if tm.primary_key:
         # Built once over the loaded rows: faster than maintaining the index row by row.
         conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, _columns(tm.primary_key)))
@@ -1017,6 +1313,7 @@ def _create(
         inserted=rows,
         skipped_defaults=skipped,
         checksum_verified=True,
+        key_source=p.key_source,
     )
 
 
