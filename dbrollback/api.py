@@ -32,6 +32,7 @@ from dbrollback.errors import (
     DbrollbackError,
     MigrationFailed,
     RefusedForSafety,
+    StoreUnavailable,
 )
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.settings import Settings
@@ -289,6 +290,15 @@ def _snapshot_duty(settings: Settings, database: Database, direction: str, targe
     if by_revision:
         duty.store = configured_store(settings)
         duty.store.probe()  # an unwritable store refuses the upgrade before anything changes
+        needed = sum(t.estimated_bytes for snap in migration_plan.snapshots for t in snap.tables)
+        free = duty.store.free_bytes()
+        if free is not None and needed > free:
+            raise StoreUnavailable(
+                f"The snapshot store {duty.store.location} has {free:,} bytes free; the snapshots this "
+                f"upgrade must take need up to {needed:,} bytes (the tables' size before compression). "
+                "Free some space (`dbrollback snapshot prune`) or use another store. Nothing was changed.",
+                free_bytes=free, needed_bytes=needed,
+            )
     return duty
 
 

@@ -249,3 +249,17 @@ def test_sql_of_unknown_effect_refuses_unless_all_or_no_snapshot(project, cli, d
     assert snap["revision"] == "r2" and snap["tables"] == ["public.t"]
     assert any("cannot be known" in w for w in everything.json["warnings"])
     assert db.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_too_little_space_for_the_planned_snapshots_refuses_up_front(project, cli, db, database_url, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """Snapshots before a later revision would otherwise fail after earlier revisions committed."""
+    _lossy_project(project)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db)
+    monkeypatch.setattr(LocalStore, "free_bytes", lambda self: 1000)  # a nearly full disk
+    result = cli("upgrade", *_args(database_url, store))
+    assert result.code == 3 and "1,000 bytes free" in result.err
+    assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("r1",)]
+    assert LocalStore(store).list() == []

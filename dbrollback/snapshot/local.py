@@ -87,6 +87,12 @@ class LocalStore:
             reason = exc.strerror or str(exc)
             raise StoreUnavailable(f"Snapshot store {self.root} is not writable: {reason}") from None
 
+    def free_bytes(self) -> int | None:
+        path = self.root
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        return shutil.disk_usage(path).free
+
     # -- paths --------------------------------------------------------------------------------
     def snapshot_dir(self, snapshot_id: str) -> Path:
         return self.root / _check("id", snapshot_id, _ID_RE)

@@ -369,6 +369,9 @@ class S3Store:
         self._abort_uploads(self._snapshot_prefix(snapshot_id))
         self._delete_prefix(self._snapshot_prefix(snapshot_id), f"discard snapshot {snapshot_id}")
 
+    def free_bytes(self) -> int | None:
+        return None  # buckets have no fixed size
+
     def stale_partials(self, older_than: timedelta) -> builtins.list[str]:
         cutoff = datetime.now(timezone.utc) - older_than
         newest: dict[str, datetime] = {}
