@@ -11,7 +11,7 @@ import psycopg
 
 from dbrollback.catalog import audit
 from dbrollback.catalog.lock import acquire, unlock
-from dbrollback.catalog.schema import catalog_exists, ensure_catalog
+from dbrollback.catalog.schema import catalog_exists, database_identity, ensure_catalog
 from dbrollback.catalog.snapshots import mark_deleted, record_snapshot, run_ids_inside_window
 from dbrollback.database import Database, Notify, connect, resolve_database
 from dbrollback.errors import ConfigError, DbrollbackError, RefusedForSafety, SnapshotCorrupt, SnapshotError
@@ -53,6 +53,7 @@ class SnapshotSummary:
     bytes: int
     expires_at: datetime | None
     location: str
+    database: str = ""
 
     @classmethod
     def of(cls, manifest: SnapshotManifest, location: str) -> SnapshotSummary:
@@ -67,6 +68,7 @@ class SnapshotSummary:
             bytes=sum(f.bytes for t in manifest.tables for f in t.files),
             expires_at=manifest.expires_at,
             location=location,
+            database=manifest.database,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +83,26 @@ class SnapshotSummary:
             "bytes": self.bytes,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "location": self.location,
+            "database": self.database,
         }
+
+
+@dataclass(frozen=True)
+class DatabaseIdentity:
+    """Which database we are connected to, as snapshot manifests record it."""
+
+    name: str
+    id: str | None
+
+    @classmethod
+    def of(cls, conn: psycopg.Connection) -> DatabaseIdentity:
+        return cls(conn.info.dbname, database_identity(conn))
+
+    def owns(self, manifest: SnapshotManifest) -> bool:
+        """Was `manifest` taken from this database? By identity when both know it, else by name."""
+        if self.id is not None and manifest.database_id is not None:
+            return self.id == manifest.database_id
+        return self.name == manifest.database
 
 
 def estimated_bytes(conn: psycopg.Connection, tables: list[QualifiedName]) -> int:
@@ -200,8 +221,12 @@ def snapshot_prune(settings: Settings, *, dry_run: bool = False, now: datetime |
     with connect(database) as conn:
         ensure_catalog(conn)
         recent_runs = run_ids_inside_window(conn, settings.rollback_window.total_seconds())
+        here = DatabaseIdentity.of(conn)
         for manifest in store.list():
             summary = SnapshotSummary.of(manifest, store.snapshot_location(manifest.id))
+            if not here.owns(manifest):  # a shared store: other databases prune their own
+                result.kept.append((summary, f"taken from another database ({manifest.database})"))
+                continue
             expires = manifest.expires_at or manifest.created_at + settings.rollback_window
             reason = _keep_reason(manifest, expires, now, settings, recent_runs)
             if reason:
@@ -325,8 +350,8 @@ def parse_timestamp(text: str) -> datetime:
 
 def restore(settings: Settings, *, snapshot_id: str | None = None, to_time: datetime | None = None,
             tables: list[str] | None = None, into_schema: str | None = None, dry_run: bool = False,
-            confirm: Confirm | None = None, progress: ProgressReporter = SILENT,
-            notify: Notify = _quiet) -> RestoreReport:  # fmt: skip
+            confirm: Confirm | None = None, from_other_database: bool = False,
+            progress: ProgressReporter = SILENT, notify: Notify = _quiet) -> RestoreReport:  # fmt: skip
     """Put tables back to a snapshot's contents (or, with `to_time`, each table to its newest
     snapshot at or before that time). Every file is checked against its sha256 first.
 
@@ -339,7 +364,7 @@ def restore(settings: Settings, *, snapshot_id: str | None = None, to_time: date
     store = configured_store(settings)
     database = resolve_database(settings, notify)
     with connect(database, "restore") as conn:
-        groups = _restore_groups(conn, store, snapshot_id, to_time, tables)
+        groups = _restore_groups(conn, store, snapshot_id, to_time, tables, from_other_database)
         plans = [plan_restore(conn, store, manifest, chosen, into_schema) for manifest, chosen in groups]
         report = RestoreReport(plans, dry_run=dry_run)
         if dry_run:
@@ -391,13 +416,23 @@ RestoreGroup = tuple[SnapshotManifest, list[QualifiedName] | None]
 
 
 def _restore_groups(conn: psycopg.Connection, store: SnapshotStore, snapshot_id: str | None,
-                    to_time: datetime | None, tables: list[str] | None) -> list[RestoreGroup]:  # fmt: skip
+                    to_time: datetime | None, tables: list[str] | None,
+                    from_other_database: bool) -> list[RestoreGroup]:  # fmt: skip
+    here = DatabaseIdentity.of(conn)
     if snapshot_id is not None:
         manifest = store.load(snapshot_id)
+        if not here.owns(manifest) and not from_other_database:
+            raise RefusedForSafety(
+                f"Snapshot {snapshot_id} was taken from another database ({manifest.database!r}"
+                + (f", id {manifest.database_id}" if manifest.database_id else "")
+                + f"), not this one ({here.name!r}). Pass --from-other-database to restore it here anyway.",
+                snapshot_database=manifest.database,
+                database=here.name,
+            )
         available = [(t.schema_name, t.table_name) for t in manifest.tables]
         return [(manifest, match_snapshot_tables(conn, tables, available) if tables else None)]
     assert to_time is not None
-    manifests = store.list()
+    manifests = [m for m in store.list() if from_other_database or here.owns(m)]
     wanted: list[QualifiedName] | None = None
     if tables:
         available = sorted({(t.schema_name, t.table_name) for m in manifests for t in m.tables})

@@ -142,3 +142,45 @@ def test_to_time_picks_the_newest_snapshot_before_it(cli, db, database_url, tmp_
     assert bad.code == 2 and "Not a timestamp" in bad.err
     both = cli("restore", "--snapshot", first, "--to-time", "2001-01-01", *_args(database_url, store))
     assert both.code == 2 and "exactly one" in both.err
+
+
+def test_snapshots_of_another_database_in_a_shared_store_are_kept_apart(cli, db, database_url, server_url,
+                                                                       tmp_path):  # fmt: skip
+    """dev and prod pointed at one store: restore refuses the other's snapshot, --to-time and prune
+    ignore it."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    store = tmp_path / "store"
+    _setup(db)
+    mine = cli("snapshot", "create", *_args(database_url, store)).out.strip()
+    other_name = f"other_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other_name)))
+    other_url = make_url(database_url).set(database=other_name).render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(other_url, autocommit=True) as other:
+            _setup(other)
+        theirs = cli("snapshot", "create", *_args(other_url, store)).out.strip()
+        listed = cli("snapshot", "list", "--json", *_args(database_url, store)).json
+        assert {s["id"]: s["database"] for s in listed} == {mine: db.info.dbname, theirs: other_name}
+
+        _mutate(db)
+        refused = cli("restore", "--snapshot", theirs, "--yes", *_args(database_url, store))
+        assert (
+            refused.code == 3 and "another database" in refused.err and "--from-other-database" in refused.err
+        )
+        picked = cli("restore", "--to-time", datetime.now(timezone.utc).isoformat(), "--dry-run", "--json",
+                     *_args(database_url, store))  # fmt: skip
+        assert picked.code == 0 and [p["snapshot_id"] for p in picked.json["plans"]] == [mine]
+        forced = cli(
+            "restore", "--snapshot", theirs, "--yes", "--from-other-database", *_args(database_url, store)
+        )
+        assert forced.code == 0, forced.err  # same data in both: the restore puts back the original rows
+        assert cli("verify", "--snapshot", mine, *_args(database_url, store)).code == 0
+        kept = cli("snapshot", "prune", "--dry-run", "--json", *_args(database_url, store)).json["kept"]
+        assert {k["id"]: k["reason"] for k in kept}[theirs] == f"taken from another database ({other_name})"
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(other_name)))

@@ -107,7 +107,26 @@ CATALOG_MIGRATIONS: list[str] = [
     );
     ALTER TABLE dbrollback.runs ADD COLUMN snapshot_policy text, ADD COLUMN snapshot_skipped boolean;
     """,
+    # 3: an identity for this database, written into snapshot manifests, so one store shared by
+    #    several databases (dev, staging, prod) never mixes their snapshots up.
+    """
+    CREATE TABLE dbrollback.identity (
+        id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        singleton  boolean NOT NULL DEFAULT true UNIQUE CHECK (singleton)
+    );
+    INSERT INTO dbrollback.identity DEFAULT VALUES;
+    """,
 ]
+
+
+def database_identity(conn: psycopg.Connection) -> str | None:
+    """This database's dbrollback identity, or None when it has no (or an older) catalog."""
+    row = conn.execute("SELECT to_regclass('dbrollback.identity') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        return None
+    found = conn.execute("SELECT id::text FROM dbrollback.identity").fetchone()
+    return str(found[0]) if found else None
 
 LATEST_VERSION = len(CATALOG_MIGRATIONS)
 

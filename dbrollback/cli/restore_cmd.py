@@ -54,11 +54,17 @@ def render_restore_plans(console: Console, plans: list[RestorePlan], title: str)
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--from-other-database",
+    is_flag=True,
+    help="Allow a snapshot taken from another database (e.g. prod into staging).",
+)
 @migration_options
 @global_options
 @pass_state
 def restore(state: AppState, snapshot_id: str | None, to_time: str | None, tables: tuple[str, ...],
-            into_schema: str | None, dry_run: bool, yes: bool) -> None:  # fmt: skip
+            into_schema: str | None, dry_run: bool, yes: bool,
+            from_other_database: bool) -> None:  # fmt: skip
     """Put tables back to a snapshot's contents, checked by row count and checksum.
 
     Each table is loaded into a staging table, then swapped in place in one transaction (indexes,
@@ -80,7 +86,8 @@ def restore(state: AppState, snapshot_id: str | None, to_time: str | None, table
     with TerminalProgress(console) as progress:
         report = snapshot_api.restore(settings, snapshot_id=snapshot_id, to_time=at,
                                       tables=split_table_list(tables) or None, into_schema=into_schema,
-                                      dry_run=dry_run, confirm=confirm, progress=progress,
+                                      dry_run=dry_run, confirm=confirm,
+                                      from_other_database=from_other_database, progress=progress,
                                       notify=console.notice)  # fmt: skip
     if state.json:
         console.emit_json(report.to_dict())

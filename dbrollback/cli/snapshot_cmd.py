@@ -67,9 +67,9 @@ def list_(state: AppState) -> None:
         return
     state.console.table(
         f"Snapshots ({len(summaries)})",
-        ["id", "created", "run", "revision", "label", "tables", "rows", "size", "expires"],
+        ["id", "created", "database", "run", "revision", "label", "tables", "rows", "size", "expires"],
         [
-            (s.id, _when(s.created_at), s.run_id or "-", s.revision or "-", s.label or "",
+            (s.id, _when(s.created_at), s.database, s.run_id or "-", s.revision or "-", s.label or "",
              ", ".join(s.tables), f"{s.rows:,}", _size(s.bytes), _when(s.expires_at))
             for s in summaries
         ],

@@ -26,6 +26,7 @@ from psycopg import sql
 from psycopg.abc import Buffer
 
 from dbrollback import __version__
+from dbrollback.catalog.schema import database_identity
 from dbrollback.errors import SnapshotError, StoreUnavailable
 from dbrollback.snapshot.checksum import pin_text_settings, table_checksum
 from dbrollback.snapshot.manifest import ColumnInfo, FileEntry, SnapshotManifest, TableManifest
@@ -253,6 +254,7 @@ def _capture_in_transaction(
         first = conn.execute("SELECT statement_timestamp(), current_setting('server_version')").fetchone()
         assert first is not None
         created_at, server_version = first
+        database_id = database_identity(conn)
         exported = conn.execute("SELECT pg_export_snapshot()").fetchone() if jobs > 1 else None
         work = [_describe(conn, number, schema, table, jobs, split_min_rows)
                 for number, (schema, table) in enumerate(tables, start=1)]  # fmt: skip
@@ -298,6 +300,7 @@ def _capture_in_transaction(
         id=snapshot_id,
         created_at=created_at,
         server_version=str(server_version),
+        database_id=database_id,
         database=database,
         tables=captured,
     )

@@ -53,6 +53,7 @@ class SnapshotManifest(BaseModel):
     label: str | None = None
     server_version: str
     database: str
+    database_id: str | None = Field(default=None, description="dbrollback.identity of the database")
     tables: list[TableManifest]
     expires_at: datetime | None = None
 
