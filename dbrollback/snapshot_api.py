@@ -12,7 +12,7 @@ import psycopg
 from dbrollback.catalog import audit
 from dbrollback.catalog.lock import acquire, unlock
 from dbrollback.catalog.schema import catalog_exists, database_identity, ensure_catalog
-from dbrollback.catalog.snapshots import mark_deleted, record_snapshot, run_ids_inside_window
+from dbrollback.catalog.snapshots import mark_deleted, record_snapshot, runs_started_after
 from dbrollback.database import Database, Notify, connect, resolve_database
 from dbrollback.errors import ConfigError, DbrollbackError, RefusedForSafety, SnapshotCorrupt, SnapshotError
 from dbrollback.progress import SILENT, ProgressReporter
@@ -213,29 +213,44 @@ class PruneResult:
 
 def snapshot_prune(settings: Settings, *, dry_run: bool = False, now: datetime | None = None,
                    notify: Notify = _quiet) -> PruneResult:  # fmt: skip
-    """Delete snapshots past the rollback window, except those a run inside the window still needs."""
+    """Delete this database's snapshots past the rollback window, except those still needed.
+
+    Needed: for every run started inside the window, the newest snapshot of each table taken at or
+    before the run started (the state to go back to), and the run's own snapshots.
+    """
     store = configured_store(settings)
     now = now or datetime.now(timezone.utc)
+    window_start = now - settings.rollback_window
     result = PruneResult(dry_run=dry_run)
     database = resolve_database(settings, notify)
     with connect(database) as conn:
         ensure_catalog(conn)
-        recent_runs = run_ids_inside_window(conn, settings.rollback_window.total_seconds())
+        recent_runs = runs_started_after(conn, window_start)
         here = DatabaseIdentity.of(conn)
+        own: list[SnapshotManifest] = []
         for manifest in store.list():
-            summary = SnapshotSummary.of(manifest, store.snapshot_location(manifest.id))
-            if not here.owns(manifest):  # a shared store: other databases prune their own
+            if here.owns(manifest):
+                own.append(manifest)
+            else:  # a shared store: other databases prune their own
+                summary = SnapshotSummary.of(manifest, store.snapshot_location(manifest.id))
                 result.kept.append((summary, f"taken from another database ({manifest.database})"))
-                continue
-            expires = manifest.expires_at or manifest.created_at + settings.rollback_window
-            reason = _keep_reason(manifest, expires, now, settings, recent_runs)
-            if reason:
-                result.kept.append((summary, reason))
-                continue
-            result.pruned.append(summary)
-            if not dry_run:
-                store.delete(manifest.id)
-                mark_deleted(conn, manifest.id)
+        needed = _needed_by_runs(own, recent_runs)
+        for manifest in own:
+            summary = SnapshotSummary.of(manifest, store.snapshot_location(manifest.id))
+            expires = max(
+                manifest.expires_at or manifest.created_at, manifest.created_at + settings.rollback_window
+            )
+            if expires > now:
+                result.kept.append(
+                    (summary, f"inside the rollback window until {expires:%Y-%m-%d %H:%M:%S %Z}")
+                )
+            elif manifest.id in needed:
+                result.kept.append((summary, needed[manifest.id]))
+            else:
+                result.pruned.append(summary)
+                if not dry_run:
+                    store.delete(manifest.id)
+                    mark_deleted(conn, manifest.id)
         # A capture killed mid-way leaves files but no manifest; a day without activity means
         # nobody is still writing them.
         result.partials = store.stale_partials(PARTIAL_GRACE)
@@ -252,15 +267,27 @@ def snapshot_prune(settings: Settings, *, dry_run: bool = False, now: datetime |
 PARTIAL_GRACE = timedelta(days=1)
 
 
-def _keep_reason(manifest: SnapshotManifest, expires: datetime, now: datetime, settings: Settings,
-                 recent_runs: set[int]) -> str:  # fmt: skip
-    if expires > now:
-        return f"inside the rollback window until {expires.isoformat(timespec='seconds')}"
-    if manifest.created_at + settings.rollback_window > now:
-        return "inside the current rollback window (the window was lengthened since it was taken)"
-    if manifest.run_id is not None and manifest.run_id in recent_runs:
-        return f"run {manifest.run_id} is still inside the rollback window and needs it"
-    return ""
+def _needed_by_runs(manifests: list[SnapshotManifest], runs: dict[int, datetime]) -> dict[str, str]:
+    """Snapshot id -> why a run inside the rollback window still needs it."""
+    needed: dict[str, str] = {}
+    tables = {(t.schema_name, t.table_name) for m in manifests for t in m.tables}
+    for run_id, started_at in sorted(runs.items()):
+        for manifest in manifests:
+            if manifest.run_id == run_id:
+                needed.setdefault(
+                    manifest.id, f"taken by run {run_id}, which is still inside the rollback window"
+                )
+        for table in sorted(tables):
+            before = [m for m in manifests if m.created_at <= started_at
+                      and any((t.schema_name, t.table_name) == table for t in m.tables)]  # fmt: skip
+            if before:
+                newest = max(before, key=lambda m: (m.created_at, m.id))
+                needed.setdefault(
+                    newest.id,
+                    f"the newest snapshot of {table[0]}.{table[1]} before run {run_id}, which is still "
+                    "inside the rollback window",
+                )
+    return needed
 
 
 @dataclass

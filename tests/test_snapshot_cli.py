@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from dbrollback.settings import load_settings
@@ -128,45 +127,58 @@ def test_unwritable_store_refuses_with_exit_3(cli, db: psycopg.Connection, datab
 
 
 def test_prune_keeps_what_a_recent_run_needs(cli, db: psycopg.Connection, database_url: str,
-                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                             tmp_path: Path) -> None:  # fmt: skip
+    """A run two days ago (inside the 7-day window) may still need to go back to the newest snapshot
+    taken before it, however old; older ones and ones no run needs are pruned."""
     _setup(db)
     store_dir = tmp_path / "store"
-    # make the catalog and one run that is inside the rollback window
     assert cli("snapshot", "create", "--tables", "items", *_args(database_url, store_dir)).code == 0
-    run_id = db.execute(
-        "INSERT INTO dbrollback.runs (command, direction, status, finished_at, actor, tool_version) "
-        "VALUES ('upgrade', 'upgrade', 'succeeded', now(), 'me', 'x') RETURNING id"
-    ).fetchone()[0]  # type: ignore[index]
     store = LocalStore(store_dir)
-    past = datetime.now(timezone.utc) - timedelta(days=30)
-    needed = capture_tables(database_url, store, [("public", "items")], run_id=run_id, expires_at=past)
-    stale = capture_tables(database_url, store, [("public", "items")], expires_at=past)
-    for snap in (needed, stale):  # pretend they were taken a month ago
+    (recent,) = [m.id for m in store.list()]
+    now = datetime.now(timezone.utc)
+    ancient = capture_tables(database_url, store, [("public", "items")])
+    old = capture_tables(database_url, store, [("public", "items")])
+    for snap, age in ((ancient, 40), (old, 30)):  # as if taken that long ago
+        taken = now - timedelta(days=age)
         path = store_dir / snap.id / "manifest.json"
-        path.write_text(snap.model_copy(update={"created_at": past}).model_dump_json())
-    first = [m.id for m in store.list() if m.id not in (needed.id, stale.id)]
+        path.write_text(
+            snap.model_copy(
+                update={
+                    "created_at": taken,
+                    "expires_at": taken + timedelta(days=7),
+                    "database_id": store.load(recent).database_id,
+                }
+            ).model_dump_json()
+        )
+    run_id = db.execute(
+        "INSERT INTO dbrollback.runs (command, direction, status, started_at, finished_at, actor, tool_version) "
+        "VALUES ('upgrade', 'upgrade', 'succeeded', now() - interval '2 days', now() - interval '2 days', "
+        "'me', 'x') RETURNING id"
+    ).fetchone()[0]  # type: ignore[index]
     settings = load_settings({"database_url": database_url, "store": str(store_dir)})
 
     dry = snapshot_prune(settings, dry_run=True)
-    assert [s.id for s in dry.pruned] == [stale.id]
-    assert sorted(s.id for s, _ in dry.kept) == sorted([needed.id, *first])
-    assert {s.id: r for s, r in dry.kept}[
-        needed.id
-    ] == f"run {run_id} is still inside the rollback window and needs it"
+    assert [s.id for s in dry.pruned] == [ancient.id]
+    reasons = {s.id: r for s, r in dry.kept}
+    assert reasons[old.id] == (f"the newest snapshot of public.items before run {run_id}, which is still inside "
+                               "the rollback window")  # fmt: skip
+    assert reasons[recent].startswith("inside the rollback window until")
     assert len(store.list()) == 3  # dry run deleted nothing
 
     real = cli("snapshot", "prune", "--json", *_args(database_url, store_dir))
     assert real.code == 0 and real.json["dry_run"] is False
-    assert [p["id"] for p in real.json["pruned"]] == [stale.id]
-    assert sorted(m.id for m in store.list()) == sorted([needed.id, *first])
-    assert not (store_dir / stale.id).exists()
+    assert [p["id"] for p in real.json["pruned"]] == [ancient.id]
+    assert sorted(m.id for m in store.list()) == sorted([old.id, recent])
+    assert not (store_dir / ancient.id).exists()
+    assert db.execute("SELECT deleted_at IS NOT NULL FROM dbrollback.snapshots WHERE id = %s",
+                      (ancient.id,)).fetchone() in (None, (True,))  # fmt: skip
 
-    # with a run outside the window, nothing protects the old snapshot any more
+    # once that run has left the window, nothing protects the old snapshot any more
     db.execute("UPDATE dbrollback.runs SET started_at = now() - interval '40 days', "
                "finished_at = now() - interval '40 days'")  # fmt: skip
     later = snapshot_prune(settings)
-    assert [s.id for s in later.pruned] == [needed.id]
-    assert [m.id for m in store.list()] == first
+    assert [s.id for s in later.pruned] == [old.id]
+    assert [m.id for m in store.list()] == [recent]
 
 
 def test_prune_removes_unfinished_snapshots_left_by_a_killed_capture(cli, db, database_url, tmp_path):

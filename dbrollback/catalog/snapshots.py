@@ -6,6 +6,8 @@ The store is the truth (a restore works from the store alone); these rows let `s
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import psycopg
 
 from dbrollback.snapshot.manifest import SnapshotManifest
@@ -39,10 +41,11 @@ def mark_deleted(conn: psycopg.Connection, snapshot_id: str) -> None:
     )
 
 
-def run_ids_inside_window(conn: psycopg.Connection, window_seconds: float) -> set[int]:
-    """Runs started within the rollback window: their snapshots may still be needed to roll back."""
+def runs_started_after(conn: psycopg.Connection, since: datetime) -> dict[int, datetime]:
+    """Runs started after `since` (the start of the rollback window): id -> started_at."""
     rows = conn.execute(
-        "SELECT id FROM dbrollback.runs WHERE started_at > clock_timestamp() - make_interval(secs => %s)",
-        (window_seconds,),
+        "SELECT id, started_at FROM dbrollback.runs "
+        "WHERE started_at > %s AND command IN ('upgrade', 'downgrade')",
+        (since,),
     ).fetchall()
-    return {int(r[0]) for r in rows}
+    return {int(r[0]): r[1] for r in rows}
