@@ -76,7 +76,7 @@ CASES: list[tuple[str, list[str], list[bool], list[str | None], list[tuple[str, 
     ("INSERT INTO t (id) VALUES (1) ON CONFLICT DO NOTHING", ["insert"], [False], ["t"], [("id",)]),
     ("ALTER TABLE t RENAME TO t_old", ["rename_table"], [False], ["t"], [()]),
     ("ALTER TABLE s.t RENAME COLUMN x TO y", ["rename_column"], [False], ["s.t"], [("x",)]),
-    ("ALTER TABLE t DROP CONSTRAINT uq_t_x", ["drop_constraint"], [False], ["t"], [()]),
+    ("ALTER TABLE t DROP CONSTRAINT uq_t_x", ["drop_constraint"], [True], ["t"], [()]),
     ("ALTER TABLE t ADD CONSTRAINT uq_t_x UNIQUE (x, id)", ["add_constraint"], [False], ["t"], [("x", "id")]),
     (
         "ALTER TABLE t ADD CONSTRAINT fk FOREIGN KEY (cid) REFERENCES c (id)",

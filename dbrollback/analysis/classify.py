@@ -264,9 +264,12 @@ def _alter_table_cmd(sql: str, table: TableRef, cmd: ast.AlterTableCmd) -> State
         what = f"constraint {label}" if label else "a constraint"
         return StatementEffect(sql, "add_constraint", table, columns, False, reason=f"adds {what} to {table}")
     if subtype == AlterTableType.AT_DropConstraint:
+        # Lossy in the sense that matters for rollback: once the constraint is gone, rows that
+        # break it can be written, and the data as it was while the constraint held is gone.
         return StatementEffect(
-            sql, "drop_constraint", table, (), False, reason=f"drops constraint {name} from {table}"
-        )
+            sql, "drop_constraint", table, (), True,
+            reason=f"drops constraint {name} from {table} (the data that relied on it may change)",
+        )  # fmt: skip
     columns = (name,) if name else ()
     subcommand = subtype.name.removeprefix("AT_") if subtype is not None else "unknown"
     return StatementEffect(sql, "other", table, columns, False, reason=f"alters table {table} ({subcommand})")
