@@ -737,6 +737,12 @@ def test_unique_index_is_the_key_without_a_primary_key(
     assert (result.deleted, result.updated, result.inserted) == (0, 1, 0)
     assert row_texts(db, schema, parent, code) == original
 
+    # the key is checked again under the restore's lock
+    the_plan = plan(db, store, snap)
+    db.execute(sql.SQL('ALTER TABLE {} DROP CONSTRAINT "wide key"').format(ident(schema, parent)))
+    with pytest.raises(RefusedForSafety, match='its key is no longer unique index "wide key"'):
+        restore_tables(database_url, store, snap, the_plan)
+
 
 def test_live_primary_key_is_used_even_when_it_differs_from_the_snapshots(
     db: psycopg.Connection, database_url: str, store: LocalStore

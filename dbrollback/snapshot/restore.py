@@ -1093,7 +1093,7 @@ def _swap(
         live[t.name] = _live_columns(conn, found[0])
         cascades[t.name] = _cascades(conn, p, found[0], staging[t.name], restored)
     blocked = [(t, c) for t in ordered for c in cascades[t.name]]
-    if False:
+    if blocked and not allow_cascade:
         raise RefusedForSafety(
             "Refusing to change tables that are not being restored: "
             + "; ".join(c.describe(conn, _quote(conn, *t.name)) for t, c in blocked)
