@@ -26,7 +26,7 @@ from dbrollback.snapshot.restore import (
     TableRestoreResult,
     pick_snapshots_at,
     plan_restore,
-    restore_tables,
+    restore_many,
 )
 from dbrollback.snapshot.store import SnapshotStore, open_store
 
@@ -377,14 +377,15 @@ def parse_timestamp(text: str) -> datetime:
 
 def restore(settings: Settings, *, snapshot_id: str | None = None, to_time: datetime | None = None,
             tables: list[str] | None = None, into_schema: str | None = None, dry_run: bool = False,
-            confirm: Confirm | None = None, from_other_database: bool = False,
+            confirm: Confirm | None = None, from_other_database: bool = False, allow_cascade: bool = False,
             progress: ProgressReporter = SILENT, notify: Notify = _quiet) -> RestoreReport:  # fmt: skip
     """Put tables back to a snapshot's contents (or, with `to_time`, each table to its newest
-    snapshot at or before that time). Every file is checked against its sha256 first.
+    snapshot at or before that time), all in ONE transaction. Every file is checked against its
+    sha256 first.
 
     `confirm` is shown the plans and must return True, or the restore is refused (exit 3).
-    Tables from one snapshot are restored in one transaction; with `to_time`, tables coming from
-    different snapshots are restored one snapshot after the other.
+    Rows deleted or re-keyed in a table that others reference with ON DELETE/UPDATE CASCADE, SET
+    NULL or SET DEFAULT would change those tables too: refused (exit 3) unless `allow_cascade`.
     """
     if (snapshot_id is None) == (to_time is None):
         raise ConfigError("Give exactly one of --snapshot ID or --to-time TIMESTAMP")
@@ -392,7 +393,10 @@ def restore(settings: Settings, *, snapshot_id: str | None = None, to_time: date
     database = resolve_database(settings, notify)
     with connect(database, "restore") as conn:
         groups = _restore_groups(conn, store, snapshot_id, to_time, tables, from_other_database)
-        plans = [plan_restore(conn, store, manifest, chosen, into_schema) for manifest, chosen in groups]
+        targets = [(into_schema or s, t) for manifest, chosen in groups
+                   for s, t in (chosen or _all_tables(manifest))]  # fmt: skip
+        plans = [plan_restore(conn, store, manifest, chosen, into_schema, restored_with=targets)
+                 for manifest, chosen in groups]  # fmt: skip
         report = RestoreReport(plans, dry_run=dry_run)
         if dry_run:
             return report
@@ -407,15 +411,23 @@ def restore(settings: Settings, *, snapshot_id: str | None = None, to_time: date
         acquire(conn, settings.lock_wait)  # no upgrade or other restore runs meanwhile
         try:
             audit.record(conn, "restore", settings.actor,
-                         details={"status": "started", "plans": [p.to_dict() for p in plans]})  # fmt: skip
-            for (manifest, _), plan in zip(groups, plans, strict=True):
-                try:
-                    report.results.extend(_restore_one(settings, database, store, manifest, plan, progress))
-                except DbrollbackError as exc:
-                    audit.record(conn, "restore", settings.actor,
-                                 details={"status": "failed", "snapshot": manifest.id, "error": exc.message,
-                                          "restored": [r.to_dict() for r in report.results]})  # fmt: skip
-                    raise
+                         details={"status": "started", "allow_cascade": allow_cascade,
+                                  "plans": [p.to_dict() for p in plans]})  # fmt: skip
+            total = sum(t.snapshot_bytes for p in plans for t in p.tables)
+            task = progress.task("restore", total or None, "bytes")
+            try:
+                report.results = restore_many(
+                    database.libpq_url, store, [(m, p) for (m, _), p in zip(groups, plans, strict=True)],
+                    lock_timeout=f"{int(settings.lock_timeout.total_seconds() * 1000)}ms",
+                    retries=settings.lock_retries, progress=lambda _name, n: task.advance(n),
+                    allow_cascade=allow_cascade,
+                )  # fmt: skip
+            except DbrollbackError as exc:
+                audit.record(conn, "restore", settings.actor,
+                             details={"status": "failed", "error": exc.message})  # fmt: skip
+                raise
+            finally:
+                task.finish()
             audit.record(conn, "restore", settings.actor,
                          details={"status": "succeeded",
                                   "results": [r.to_dict() for r in report.results]})  # fmt: skip
@@ -424,19 +436,8 @@ def restore(settings: Settings, *, snapshot_id: str | None = None, to_time: date
     return report
 
 
-def _restore_one(settings: Settings, database: Database, store: SnapshotStore, manifest: SnapshotManifest,
-                 plan: RestorePlan, progress: ProgressReporter) -> list[TableRestoreResult]:  # fmt: skip
-    task = progress.task(
-        f"restore from {manifest.id}", sum(t.snapshot_rows for t in plan.tables) or None, "rows"
-    )
-    try:
-        return restore_tables(
-            database.libpq_url, store, manifest, plan,
-            lock_timeout=f"{int(settings.lock_timeout.total_seconds() * 1000)}ms",
-            retries=settings.lock_retries, progress=lambda _name, rows: task.advance(rows),
-        )  # fmt: skip
-    finally:
-        task.finish()
+def _all_tables(manifest: SnapshotManifest) -> list[QualifiedName]:
+    return [(t.schema_name, t.table_name) for t in manifest.tables]
 
 
 RestoreGroup = tuple[SnapshotManifest, list[QualifiedName] | None]

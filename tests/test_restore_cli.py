@@ -184,3 +184,27 @@ def test_snapshots_of_another_database_in_a_shared_store_are_kept_apart(cli, db,
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(other_name)))
+
+
+def test_restore_refuses_to_cascade_into_tables_it_does_not_restore(cli, db, database_url, tmp_path):
+    db.execute("CREATE TABLE parent (id int PRIMARY KEY, name text)")
+    db.execute("CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent ON DELETE CASCADE)")
+    db.execute("INSERT INTO parent VALUES (1, 'one'), (2, 'two')")
+    db.execute("INSERT INTO child VALUES (10, 1), (20, 2)")
+    store = tmp_path / "store"
+    snap = cli("snapshot", "create", "--tables", "parent", *_args(database_url, store)).out.strip()
+    db.execute("INSERT INTO parent VALUES (3, 'three')")  # written after the snapshot...
+    db.execute("INSERT INTO child VALUES (30, 3)")  # ...and referenced since
+
+    refused = cli("restore", "--snapshot", snap, "--yes", *_args(database_url, store))
+    assert refused.code == 3 and "--allow-cascade" in refused.err and "child" in refused.err
+    assert db.execute("SELECT count(*) FROM child").fetchone() == (3,)
+    assert db.execute("SELECT count(*) FROM parent").fetchone() == (3,)
+
+    allowed = cli(
+        "restore", "--snapshot", snap, "--yes", "--allow-cascade", "--json", *_args(database_url, store)
+    )
+    assert allowed.code == 0, allowed.err
+    (result,) = allowed.json["results"]
+    assert result["deleted"] == 1 and [c["table"] for c in result["cascades"]] == ["child"]
+    assert db.execute("SELECT id FROM child ORDER BY id").fetchall() == [(10,), (20,)]

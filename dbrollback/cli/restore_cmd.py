@@ -32,11 +32,11 @@ def render_restore_plans(console: Console, plans: list[RestorePlan], title: str)
             ],
         )  # fmt: skip
         for t in plan.tables:
-            cascading = [r for r in t.referenced_by if r.on_delete in ("CASCADE", "SET NULL", "SET DEFAULT")]
-            for ref in cascading:
+            for ref in t.cascade_risks:
                 console.line(
-                    f"Warning: rows removed from {t.qualified} will {ref.on_delete} rows of "
-                    f"{ref.schema}.{ref.table} through {ref.name}.",
+                    f"Note: rows removed or re-keyed in {t.qualified} would {ref.on_delete} rows of "
+                    f"{ref.schema}.{ref.table} through {ref.name}; the restore refuses that unless "
+                    "--allow-cascade.",
                     style="yellow",
                 )
 
@@ -55,6 +55,11 @@ def render_restore_plans(console: Console, plans: list[RestorePlan], title: str)
 @click.option("--dry-run", is_flag=True, help="Show what would be restored; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
+    "--allow-cascade",
+    is_flag=True,
+    help="Allow rows removed or re-keyed here to CASCADE / SET NULL rows of referencing tables.",
+)
+@click.option(
     "--from-other-database",
     is_flag=True,
     help="Allow a snapshot taken from another database (e.g. prod into staging).",
@@ -63,7 +68,7 @@ def render_restore_plans(console: Console, plans: list[RestorePlan], title: str)
 @global_options
 @pass_state
 def restore(state: AppState, snapshot_id: str | None, to_time: str | None, tables: tuple[str, ...],
-            into_schema: str | None, dry_run: bool, yes: bool,
+            into_schema: str | None, dry_run: bool, yes: bool, allow_cascade: bool,
             from_other_database: bool) -> None:  # fmt: skip
     """Put tables back to a snapshot's contents, checked by row count and checksum.
 
@@ -87,7 +92,8 @@ def restore(state: AppState, snapshot_id: str | None, to_time: str | None, table
         report = snapshot_api.restore(settings, snapshot_id=snapshot_id, to_time=at,
                                       tables=split_table_list(tables) or None, into_schema=into_schema,
                                       dry_run=dry_run, confirm=confirm,
-                                      from_other_database=from_other_database, progress=progress,
+                                      from_other_database=from_other_database,
+                                      allow_cascade=allow_cascade, progress=progress,
                                       notify=console.notice)  # fmt: skip
     if state.json:
         console.emit_json(report.to_dict())
@@ -106,6 +112,10 @@ def restore(state: AppState, snapshot_id: str | None, to_time: str | None, table
         ],
     )  # fmt: skip
     for r in report.results:
+        for cascade in r.cascades:
+            console.line(f"Cascaded: {cascade.action} on {cascade.schema}.{cascade.table} through "
+                         f"{cascade.constraint} ({cascade.rows:,} row(s) of {r.schema}.{r.table} "
+                         f"{cascade.event}d)", style="yellow")  # fmt: skip
         for skipped in r.skipped_defaults:
             console.line(f"Note: {r.schema}.{r.table}.{skipped.column}: default {skipped.default!r} "
                          f"not recreated ({skipped.reason})", style="yellow")  # fmt: skip
