@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
-from sqlalchemy.engine import URL
 
 from dbrollback import __version__
 from dbrollback.embedded import EmbeddedServer
 from dbrollback.errors import ConnectionFailed
 from dbrollback.settings import Settings
 from dbrollback.urls import display_url, libpq_url, parse_database_url, redact, sqlalchemy_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 Notify = Callable[[str], None]
 

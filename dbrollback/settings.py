@@ -35,6 +35,9 @@ _ALEMBIC_PLACEHOLDER_SCHEMES = ("driver://",)  # what `alembic init` writes; mea
 _PATH_FIELDS = ("alembic_config", "embedded_pgdata")
 
 
+SnapshotPolicy = Literal["lossy", "touched", "all", "never"]
+
+
 class Settings(BaseSettings):
     """Effective configuration for one command."""
 
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
     lock_retries: int = Field(3, ge=0, description="retries of a revision that hit lock_timeout")
     actor: str = Field(default_factory=lambda: _os_user(), description="who is running (journal)")
     embedded_pgdata: Path = Field(Path(".dbrollback/pgdata"), description="embedded server data")
-    snapshot: Literal["lossy", "touched", "all", "never"] = Field(
+    snapshot: SnapshotPolicy = Field(
         "lossy", description="which tables upgrade snapshots first: lossy|touched|all|never"
     )
     jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64,

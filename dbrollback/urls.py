@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-
 from dbrollback.errors import ConfigError
+
+if TYPE_CHECKING:  # SQLAlchemy is imported when a URL is parsed: `--help` and redact() stay fast
+    from sqlalchemy.engine import URL
 
 _POSTGRES_SCHEMES = {"postgresql", "postgres"}
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?=@)")
@@ -25,6 +26,9 @@ def redact(text: str) -> str:
 
 def parse_database_url(raw: str) -> URL:
     """Parse ``postgresql://``, ``postgres://`` or ``postgresql+psycopg://`` into a psycopg URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(raw.strip())
     except ArgumentError:

@@ -9,17 +9,18 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import dict_row
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
 
 from dbrollback import __version__
 from dbrollback.catalog.lock import try_lock, unlock
 from dbrollback.catalog.schema import catalog_exists
 from dbrollback.urls import redact
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 _command_line: list[str] | None = None
 
@@ -172,6 +173,8 @@ class Journal:
 def record_applied_step(connection: Connection, run_id: int, revision: str, phase: str,
                         started_at: datetime, attempt: int) -> None:  # fmt: skip
     """Called inside the revision's transaction (see Journal)."""
+    from sqlalchemy import text
+
     connection.execute(
         text(
             """INSERT INTO dbrollback.run_steps

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from dbrollback import api
+if TYPE_CHECKING:
+    from dbrollback import api
 from dbrollback.cli.console import TerminalProgress
 from dbrollback.cli.state import AppState, global_options, migration_options, pass_state
 
@@ -73,6 +76,8 @@ def upgrade(state: AppState, revision: str, dry_run: bool, snapshot_policy: str 
     touches are snapshotted to the store (see `dbrollback plan`); an unwritable store
     refuses the upgrade (exit 3) before anything changes.
     """
+    from dbrollback import api  # imported when used: keeps every other command's start-up fast
+
     settings = state.settings(snapshot=snapshot_policy, jobs=jobs)
     with TerminalProgress(state.console) as progress:
         result = api.upgrade(settings, revision, dry_run=dry_run, snapshot=not no_snapshot,
@@ -88,6 +93,8 @@ def upgrade(state: AppState, revision: str, dry_run: bool, snapshot_policy: str 
 @pass_state
 def downgrade(state: AppState, revision: str, dry_run: bool) -> None:
     """Revert revisions down to REVISION (an id, -N, or base), one transaction each."""
+    from dbrollback import api
+
     result = api.downgrade(state.settings(), revision, dry_run=dry_run, notify=state.console.notice)
     _render(state, result)
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, get_args
 
 import click
 
-from dbrollback.analysis.plan import POLICIES, MigrationPlan, RevisionAnalysis, SnapshotPlan, build_plan
 from dbrollback.cli.console import Console
 from dbrollback.cli.state import AppState, global_options, pass_state
+from dbrollback.settings import SnapshotPolicy
+
+if TYPE_CHECKING:
+    from dbrollback.analysis.plan import MigrationPlan, RevisionAnalysis, SnapshotPlan
 
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
@@ -103,7 +107,7 @@ def render_plan(console: Console, plan: MigrationPlan, show_sql: bool = False) -
 
 @click.command()
 @click.argument("revision", default="heads", required=False)
-@click.option("--snapshot", "policy", type=click.Choice(POLICIES),
+@click.option("--snapshot", "policy", type=click.Choice(get_args(SnapshotPolicy)),
               help="Snapshot policy to plan for [setting `snapshot`, default lossy].")  # fmt: skip
 @click.option("--sql", "show_sql", is_flag=True, help="Also print the SQL each revision runs.")
 @global_options
@@ -115,6 +119,8 @@ def plan(state: AppState, revision: str, policy: str | None, show_sql: bool) -> 
     they really execute; each statement is classified, and the tables each revision changes are
     listed as schema-only or lossy, with the snapshot upgrade will take before it.
     """
+    from dbrollback.analysis.plan import build_plan
+
     result = build_plan(state.settings(), revision, policy=policy, notify=state.console.notice)
     if state.json:
         state.console.emit_json(result.to_dict())

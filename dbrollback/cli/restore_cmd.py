@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from dbrollback import snapshot_api
 from dbrollback.cli.console import Console, TerminalProgress
 from dbrollback.cli.options import split_table_list, tables_option
 from dbrollback.cli.state import AppState, global_options, migration_options, pass_state
 from dbrollback.errors import EXIT_CHECK_FAILED, RefusedForSafety, SnapshotCorrupt
-from dbrollback.snapshot.restore import RestorePlan, TablePlan
+
+if TYPE_CHECKING:
+    from dbrollback.snapshot.restore import RestorePlan, TablePlan
 
 
 def _refs(t: TablePlan) -> str:
@@ -77,6 +79,8 @@ def restore(state: AppState, snapshot_id: str | None, to_time: str | None, table
     changes nothing. Damaged snapshot files refuse the restore (exit 3) before anything changes.
     """
     settings = state.settings()
+    from dbrollback import snapshot_api  # imported when used: fast start-up for other commands
+
     at = snapshot_api.parse_timestamp(to_time) if to_time else None
     console = state.console
 
@@ -145,6 +149,8 @@ def verify(state: AppState, snapshot_id: str, tables: tuple[str, ...], in_schema
     Exit 0 when every table matches, 1 when something differs or the snapshot is damaged.
     """
     console = state.console
+    from dbrollback import snapshot_api  # imported when used: fast start-up for other commands
+
     try:
         with TerminalProgress(console) as progress:
             report = snapshot_api.verify(state.settings(), snapshot_id, split_table_list(tables) or None,

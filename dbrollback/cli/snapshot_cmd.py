@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from dbrollback import snapshot_api
 from dbrollback.cli.console import TerminalProgress
 from dbrollback.cli.options import split_table_list, tables_option
 from dbrollback.cli.state import AppState, global_options, pass_state
@@ -38,6 +37,8 @@ def snapshot() -> None:
 def create(state: AppState, tables: tuple[str, ...], label: str | None, jobs: int | None) -> None:
     """Capture tables at one point in time into the store; prints the new snapshot id."""
     settings = state.settings(jobs=jobs)
+    from dbrollback import snapshot_api  # imported when used: fast start-up for other commands
+
     with TerminalProgress(state.console) as progress:
         manifest, location = snapshot_api.snapshot_create(
             settings, split_table_list(tables) or None, label, progress=progress, notify=state.console.notice
@@ -58,6 +59,8 @@ def create(state: AppState, tables: tuple[str, ...], label: str | None, jobs: in
 @pass_state
 def list_(state: AppState) -> None:
     """Snapshots in the store, oldest first."""
+    from dbrollback import snapshot_api  # imported when used: fast start-up for other commands
+
     summaries = snapshot_api.snapshot_list(state.settings())
     if state.json:
         state.console.emit_json([s.to_dict() for s in summaries])
@@ -82,6 +85,8 @@ def list_(state: AppState) -> None:
 @pass_state
 def show(state: AppState, snapshot_id: str) -> None:
     """Everything the manifest records about one snapshot."""
+    from dbrollback import snapshot_api  # imported when used: fast start-up for other commands
+
     manifest, location = snapshot_api.snapshot_show(state.settings(), snapshot_id)
     if state.json:
         state.console.emit_json({**manifest.model_dump(mode="json"), "location": location})
@@ -111,6 +116,8 @@ def show(state: AppState, snapshot_id: str) -> None:
 @pass_state
 def verify(state: AppState, snapshot_id: str) -> int:
     """Re-read every file of a snapshot; check size and sha256 against the manifest. Exit 1 on damage."""
+    from dbrollback import snapshot_api  # imported when used: fast start-up for other commands
+
     try:
         check = snapshot_api.snapshot_verify(state.settings(), snapshot_id)
     except SnapshotCorrupt as exc:  # a damaged manifest: verify reports it, exit 1
@@ -136,6 +143,8 @@ def verify(state: AppState, snapshot_id: str) -> int:
 @pass_state
 def prune(state: AppState, dry_run: bool) -> None:
     """Delete snapshots past the rollback window (never one a run inside the window needs)."""
+    from dbrollback import snapshot_api  # imported when used: fast start-up for other commands
+
     result = snapshot_api.snapshot_prune(state.settings(), dry_run=dry_run, notify=state.console.notice)
     if state.json:
         state.console.emit_json(result.to_dict())

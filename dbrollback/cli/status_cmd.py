@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
-from dbrollback import api
-from dbrollback.catalog.journal import RunRecord
 from dbrollback.cli.console import Console
 from dbrollback.cli.state import AppState, global_options, pass_state
+
+if TYPE_CHECKING:
+    from dbrollback import api
+    from dbrollback.catalog.journal import RunRecord
 
 
 def _when(run: RunRecord) -> str:
@@ -65,6 +68,8 @@ def render_status(console: Console, report: api.StatusReport, show_runs: bool = 
 @pass_state
 def status(state: AppState, limit: int) -> None:
     """Current heads, pending revisions, the last runs and any interrupted run."""
+    from dbrollback import api
+
     report = api.status(state.settings(), limit=limit, notify=state.console.notice)
     if state.json:
         state.console.emit_json(report.to_dict())
@@ -78,6 +83,8 @@ def status(state: AppState, limit: int) -> None:
 @pass_state
 def history(state: AppState, limit: int) -> None:
     """Runs recorded in this database's journal, newest first."""
+    from dbrollback import api
+
     runs = api.history(state.settings(), limit=limit, notify=state.console.notice)
     if state.json:
         state.console.emit_json({"runs": [r.to_dict() for r in runs]})
