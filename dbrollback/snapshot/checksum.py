@@ -39,10 +39,20 @@ ORDER BY a.attnum
 """
 
 
+def _pinned_settings() -> list[sql.Composed]:
+    return [sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            for name, value in _PINNED_SETTINGS]  # fmt: skip
+
+
 def pin_text_settings(conn: psycopg.Connection) -> None:
     """SET LOCAL the output settings for the current transaction (does not take a snapshot)."""
-    for name, value in _PINNED_SETTINGS:
-        conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+    for statement in _pinned_settings():
+        conn.execute(statement)
+
+
+def pinned_settings_sql(conn: psycopg.Connection) -> list[str]:
+    """The same settings as SQL text, e.g. for a psql script (text COPY output depends on them)."""
+    return [statement.as_string(conn) + ";" for statement in _pinned_settings()]
 
 
 def has_extended_hash(conn: psycopg.Connection, type_name: str) -> bool:

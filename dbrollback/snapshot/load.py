@@ -16,11 +16,16 @@ from dbrollback.snapshot.store import SnapshotStore
 _READ_CHUNK = 1 << 20
 
 
-def copy_in_query(schema: str, table: str, columns: list[str]) -> sql.Composed:
-    return sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT binary)").format(
+def copy_in_query(schema: str, table: str, columns: list[str], copy_format: str = "text",
+                  freeze: bool = False) -> sql.Composed:  # fmt: skip
+    options = "FORMAT binary" if copy_format == "binary" else "FORMAT text, ENCODING 'UTF8'"
+    if freeze:  # only for a table created or truncated in this (sub)transaction
+        options += ", FREEZE"
+    return sql.SQL("COPY {}.{} ({}) FROM STDIN ({})").format(
         sql.Identifier(schema),
         sql.Identifier(table),
         sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.SQL(options),
     )
 
 
@@ -33,6 +38,7 @@ def load_table_copy(
     target_table: str,
     *,
     on_bytes: Callable[[int], None] | None = None,
+    freeze: bool = False,
 ) -> int:
     """COPY the table's captured rows into target_schema.target_table; returns the rows loaded.
 
@@ -51,7 +57,8 @@ def load_table_copy(
     # ranges has one file per range).
     for entry in table_manifest.files:
         with conn.cursor() as cur:
-            with cur.copy(copy_in_query(target_schema, target_table, columns)) as copy:
+            query = copy_in_query(target_schema, target_table, columns, table_manifest.copy_format, freeze)
+            with cur.copy(query) as copy:
                 digest, size = hashlib.sha256(), 0
                 decompressor = zstandard.ZstdDecompressor().decompressobj()
                 with store.open_file(snapshot_id, entry.name) as fh:

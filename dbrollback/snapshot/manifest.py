@@ -6,10 +6,11 @@ A manifest names the database only by its name: never a URL, user, host or passw
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class ColumnInfo(BaseModel):
@@ -37,6 +38,8 @@ class TableManifest(BaseModel):
     checksum: str
     files: list[FileEntry]
     note: str = ""
+    # How the files encode rows: COPY text (UTF-8) since format 2; binary COPY before.
+    copy_format: Literal["text", "binary"] = "binary"
 
     @property
     def copy_columns(self) -> list[str]:
