@@ -402,11 +402,7 @@ def restore(settings: Settings, *, snapshot_id: str | None = None, to_time: date
             return report
         if confirm is not None and not confirm(plans):
             raise RefusedForSafety("Restore not confirmed; nothing was changed")
-        for manifest, _ in groups:  # damaged files refuse before anything changes
-            problems = store.verify(manifest.id)
-            if problems:
-                raise SnapshotCorrupt(f"Snapshot {manifest.id} is damaged: " + "; ".join(problems),
-                                      id=manifest.id, problems=problems)  # fmt: skip
+        # restore_many re-reads every file against its sha256 before it touches the database.
         ensure_catalog(conn)
         acquire(conn, settings.lock_wait)  # no upgrade or other restore runs meanwhile
         try:
