@@ -34,14 +34,15 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ import zstandard
 from psycopg import sql
 
 from dbrollback.embedded import EmbeddedServer, binary
+from dbrollback.pgtools import tool_connection
 from dbrollback.snapshot.capture import ZSTD_LEVEL
 from dbrollback.snapshot.checksum import checksum_query, pin_text_settings, table_checksum
 from dbrollback.snapshot.load import load_table_copy
@@ -81,9 +83,11 @@ SELECT i,
        left(md5((i * 31)::text) || md5((i * 17)::text), 30)
 FROM generate_series(1, %s::bigint) AS i
 """
-_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared_buffers",
-             "max_wal_size", "maintenance_work_mem", "work_mem", "temp_buffers",
-             "max_parallel_workers_per_gather", "max_parallel_maintenance_workers")  # fmt: skip
+_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "data_checksums", "wal_level",
+             "shared_buffers", "max_wal_size", "checkpoint_timeout", "maintenance_work_mem", "work_mem",
+             "temp_buffers", "max_parallel_workers_per_gather",
+             "max_parallel_maintenance_workers")  # fmt: skip
+_DURATION = re.compile(r"duration: ([\d.]+) ms\s+(?:statement|execute [^:]*): (.*)")
 
 
 def log(message: str) -> None:
@@ -97,6 +101,7 @@ class Run:
     code: int
     out: str
     err: str
+    wal_bytes: int = 0
 
 
 def _child_env() -> dict[str, str]:
@@ -142,21 +147,6 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def alternate(
-    steps: dict[str, Callable[[], Run]], runs: int, prepare: Callable[[], None], title: str
-) -> dict[str, list[Run]]:
-    """Each step `runs` times; the order flips every run so neither side always meets the warmer cache."""
-    results: dict[str, list[Run]] = {label: [] for label in steps}
-    for i in range(runs):
-        for label in list(steps)[:: 1 if i % 2 == 0 else -1]:
-            prepare()
-            log(f"{title}, run {i + 1}/{runs}: {label}")
-            result = steps[label]()
-            log(f"  {result.seconds:.2f} s, peak RSS {result.rss_kb / 1000:.0f} MB")
-            results[label].append(result)
-    return results
-
-
 def median(runs: list[Run]) -> float:
     return statistics.median(r.seconds for r in runs)
 
@@ -166,8 +156,13 @@ def peak_mb(runs: list[Run]) -> float:
 
 
 class Bench:
-    def __init__(self, workdir: Path, url: str, rows: int, runs: int, jobs: int) -> None:
+    def __init__(
+        self, workdir: Path, url: str, rows: int, runs: int, jobs: int, server_log: Path | None
+    ) -> None:
         self.workdir, self.url, self.rows, self.runs, self.jobs = workdir, url, rows, runs, jobs
+        self.server_log = server_log  # set: list the slow statements of each dbrollback command
+        self.profiles: dict[str, list[str]] = {}
+        self.current = ""
         self.store = workdir / "store"
         self.dump = workdir / "dump.fc"
         self.conn = psycopg.connect(url, autocommit=True)
@@ -181,9 +176,48 @@ class Bench:
         cur = self.conn.execute(sql.SQL(query).format(t=T), params)
         return cur.fetchone() if cur.description else None
 
+    def timed(self, cmd: Sequence[str | Path], expect: int | None = 0) -> Run:
+        """run(), plus the WAL the server wrote meanwhile (and its slow statements when profiling)."""
+        lsn = self.sql("SELECT pg_current_wal_insert_lsn()::text")[0]
+        position = self.server_log.stat().st_size if self.server_log else 0
+        result = run(cmd, self.workdir, expect)
+        result.wal_bytes = int(self.sql("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s::pg_lsn)",
+                                        [lsn])[0])  # fmt: skip
+        if self.server_log and self.current.startswith("dbrollback") and self.current not in self.profiles:
+            self.profiles[self.current] = self.slow_statements(position)
+        return result
+
+    def slow_statements(self, position: int) -> list[str]:
+        assert self.server_log is not None
+        found, checkpoints = [], 0
+        with self.server_log.open(errors="replace") as fh:
+            fh.seek(position)
+            for line in fh:
+                checkpoints += "checkpoint starting: wal" in line
+                match = _DURATION.search(line)
+                if match:
+                    found.append(f"    {float(match.group(1)) / 1000:7.2f} s  {match.group(2).strip()[:96]}")
+        return [*found, f"    ({checkpoints} checkpoint(s) forced by WAL volume meanwhile)"]
+
     def dbrollback(self, *args: str, expect: int | None = 0) -> Run:
-        return run([sys.executable, "-m", "dbrollback", *args, "--json", "--database-url", self.url,
-                    "--store", self.store.as_uri()], self.workdir, expect)  # fmt: skip
+        return self.timed([sys.executable, "-m", "dbrollback", *args, "--json", "--database-url", self.url,
+                           "--store", self.store.as_uri()], expect)  # fmt: skip
+
+    def alternate(
+        self, steps: dict[str, Callable[[], Run]], prepare: Callable[[], None], title: str
+    ) -> dict[str, list[Run]]:
+        """Each step `runs` times; the order flips every run: neither side always meets the warmer cache."""
+        results: dict[str, list[Run]] = {label: [] for label in steps}
+        for i in range(self.runs):
+            for label in list(steps)[:: 1 if i % 2 == 0 else -1]:
+                prepare()
+                log(f"{title}, run {i + 1}/{self.runs}: {label}")
+                self.current = label
+                result = steps[label]()
+                log(f"  {result.seconds:.2f} s, peak RSS {result.rss_kb / 1000:.0f} MB, "
+                    f"WAL {result.wal_bytes / MB:,.0f} MB")  # fmt: skip
+                results[label].append(result)
+        return results
 
     def settle(self) -> None:
         """Same starting point for every timed run: statistics fresh, dirty buffers written."""
@@ -200,13 +234,14 @@ class Bench:
                                f"expected {self.baseline} and 1")  # fmt: skip
 
     def section(self, title: str, results: dict[str, list[Run]], sizes: dict[str, int] | None = None) -> None:
-        self.lines += ["", title, f"  {'':44}{'median s':>9}{'min s':>9}{'max s':>9}"
-                       + (f"{'bytes':>15}" if sizes else "") + f"{'peak RSS MB':>13}"]  # fmt: skip
+        heading = f"  {'':44}{'median s':>9}{'min s':>9}{'max s':>9}" + (f"{'bytes':>13}" if sizes else "")
+        self.lines += ["", title, heading + f"{'peak RSS MB':>12}{'WAL MB':>8}"]
         for label, runs in results.items():
-            size = f"{sizes[label]:>15,}" if sizes else ""
+            size = f"{sizes[label]:>13,}" if sizes else ""
+            wal = statistics.median(r.wal_bytes for r in runs) / MB
             self.lines.append(
                 f"  {label:44}{median(runs):9.2f}{min(r.seconds for r in runs):9.2f}"
-                f"{max(r.seconds for r in runs):9.2f}{size}{peak_mb(runs):13.0f}"
+                f"{max(r.seconds for r in runs):9.2f}{size}{peak_mb(runs):12.0f}{wal:8,.0f}"
             )
 
     def verdict(self, name: str, value: str, target: str, ok: bool) -> None:
@@ -257,7 +292,7 @@ class Bench:
 
             def go() -> Run:
                 remove(path)
-                result = run([pg_dump, *options, "-t", TABLE, "-f", path, "-d", self.url], self.workdir)
+                result = self.timed([pg_dump, *options, "-t", TABLE, "-f", path, "-d", self.url])
                 sizes[label] = tree_bytes(path)
                 if path != self.dump:
                     remove(path)
@@ -267,7 +302,7 @@ class Bench:
 
         label_snapshot = f"dbrollback snapshot create --jobs {self.jobs}"
         steps = {label_snapshot: snapshot, **{label: dump(label) for label in outputs}}
-        results = alternate(steps, self.runs, lambda: self.sql("CHECKPOINT"), "snapshot")
+        results = self.alternate(steps, lambda: self.sql("CHECKPOINT"), "snapshot")
         self.snapshot_id = snapshots[0]
         self.section("snapshot create vs pg_dump (bytes: snapshot directory / dump file or directory)",
                      results, sizes)  # fmt: skip
@@ -301,13 +336,13 @@ class Bench:
         def theirs() -> Run:
             # The dump holds only bench (table, data, primary key), so restoring all of it restores
             # exactly that; `pg_restore -t bench` would skip the primary key.
-            result = run([binary("pg_restore"), "-d", self.url, self.dump], self.workdir)
+            result = self.timed([binary("pg_restore"), "-d", self.url, self.dump])
             self.check_restored("pg_restore")
             return result
 
-        results = alternate({"dbrollback restore (create, load, add PK)": ours,
-                             "pg_restore dump.fc (table, data, PK)": theirs},
-                            self.runs, prepare, "restore, table dropped")  # fmt: skip
+        results = self.alternate({"dbrollback restore (create, load, add PK)": ours,
+                                  "pg_restore dump.fc (table, data, PK)": theirs},
+                                 prepare, "restore, table dropped")  # fmt: skip
         self.settle()
         self.section("restore, table dropped", results)
         ours_s, theirs_s = (median(r) for r in results.values())
@@ -334,14 +369,13 @@ class Bench:
             return result
 
         def theirs() -> Run:
-            result = run([binary("pg_restore"), "--clean", "--if-exists", "-d", self.url, self.dump],
-                         self.workdir)  # fmt: skip
+            result = self.timed([binary("pg_restore"), "--clean", "--if-exists", "-d", self.url, self.dump])
             self.check_restored("pg_restore --clean")
             return result
 
-        results = alternate({"dbrollback restore (staging + merge)": ours,
-                             "pg_restore --clean --if-exists dump.fc": theirs},
-                            self.runs, prepare, "restore, every row changed")  # fmt: skip
+        results = self.alternate({"dbrollback restore (staging + merge)": ours,
+                                  "pg_restore --clean --if-exists dump.fc": theirs},
+                                 prepare, "restore, every row changed")  # fmt: skip
         self.sql("VACUUM FULL {t}")
         self.settle()
         self.section(f"restore, table exists and all {self.rows:,} rows changed (no target)", results)
@@ -367,11 +401,11 @@ class Bench:
             assert keys == changed and all(d["columns"] == ["amount"] for d in found), found
             return result
 
-        results = alternate({"dbrollback verify, unchanged": unchanged}, self.runs, self.settle, "verify")
+        results = self.alternate({"dbrollback verify, unchanged": unchanged}, self.settle, "verify")
         self.sql("UPDATE {t} SET amount = amount + 1 WHERE id = ANY(%s)", [changed])
         try:
-            results.update(alternate({f"dbrollback verify, {CHANGED_ROWS} rows changed": differing},
-                                     self.runs, self.settle, "verify"))  # fmt: skip
+            results.update(self.alternate({f"dbrollback verify, {CHANGED_ROWS} rows changed": differing},
+                                          self.settle, "verify"))  # fmt: skip
         finally:
             self.sql("UPDATE {t} SET amount = amount - 1 WHERE id = ANY(%s)", [changed])
         self.settle()
@@ -389,6 +423,7 @@ class Bench:
 
     # -- where the time goes ------------------------------------------------------------------
     def diagnostics(self) -> None:
+        """One-off measurements of the pieces the commands are made of (run in this process)."""
         log("diagnostics")
         found: list[tuple[str, float, str]] = []
         startup = statistics.median(
@@ -396,9 +431,8 @@ class Bench:
         )
         found.append(("python -m dbrollback --help (interpreter + imports)", startup, ""))
 
-        files = [p for p in (self.store / self.snapshot_id).iterdir() if p.is_file()]
         start, size = time.perf_counter(), 0
-        for path in files:
+        for path in sorted((self.store / self.snapshot_id).iterdir()):
             digest = hashlib.sha256()
             with path.open("rb") as fh:
                 while block := fh.read(1 << 20):
@@ -433,36 +467,21 @@ class Bench:
 
         select = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), T)
         start = time.perf_counter()
-        self.conn.execute(sql.SQL("COPY ({}) TO '/dev/null' (FORMAT binary)").format(select))
+        self.conn.execute(sql.SQL("COPY ({}) TO '/dev/null'").format(select))
         seconds = time.perf_counter() - start
         found.append(
-            ("COPY binary, server side only (to /dev/null)", seconds, f"{self.rows / seconds:,.0f} rows/s")
+            ("COPY text, server side only (to /dev/null)", seconds, f"{self.rows / seconds:,.0f} rows/s")
         )
-        for threads in sorted({1, self.jobs}):
-            seconds, raw, blocks = _copy_out_threads(self.url, self.rows, threads)
-            found.append((f"COPY binary to psycopg, {threads} thread(s), discarded", seconds,
-                          f"{raw:,} bytes in {blocks:,} blocks, {raw / MB / seconds:,.0f} MB/s"))  # fmt: skip
-        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
-        raw = packed = 0
-        start = time.perf_counter()
-        copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(select)
-        with self.conn.cursor() as cur, cur.copy(copy_sql) as copy:
-            for chunk in copy:
-                raw += len(chunk)
-                packed += len(compressor.compress(chunk))
-        packed += len(compressor.flush())
-        seconds = time.perf_counter() - start
-        found.append((f"COPY binary to psycopg + zstd level {ZSTD_LEVEL}, 1 thread", seconds,
-                      f"{raw / MB / seconds:,.0f} MB/s -> {packed:,} bytes"))  # fmt: skip
+        found += self._psql_compress(sql.SQL("COPY ({}) TO STDOUT").format(select).as_string(self.conn))
 
         store = LocalStore(self.store)
         manifest = store.load(self.snapshot_id).tables[0]
         start = time.perf_counter()
         with self.conn.transaction(force_rollback=True):
             self.sql("CREATE TABLE bench_load (LIKE {t})")
-            load_table_copy(self.conn, store, self.snapshot_id, manifest, "public", "bench_load")
+            load_table_copy(self.conn, store, self.snapshot_id, manifest, "public", "bench_load", freeze=True)
         seconds = time.perf_counter() - start
-        found.append(("load_table_copy into a new table (COPY FROM binary)", seconds,
+        found.append(("load_table_copy into a new table (COPY FREEZE)", seconds,
                       f"{self.rows / seconds:,.0f} rows/s, zstd decompress + sha256 included"))  # fmt: skip
 
         start = time.perf_counter()
@@ -472,39 +491,46 @@ class Bench:
         self.settle()
 
         self.lines += ["", "where the time goes (one run each, in the benchmark process)"]
-        self.lines += [f"  {label:52}{seconds:8.2f} s  {note}" for label, seconds, note in found]
+        self.lines += [f"  {label:54}{seconds:8.2f} s  {note}" for label, seconds, note in found]
+        for label, statements in self.profiles.items():
+            self.lines += ["", f"server log of the first run of: {label} (statements >= the threshold)"]
+            self.lines += statements
 
-
-def _copy_out_threads(url: str, rows: int, threads: int) -> tuple[float, int, int]:
-    """COPY binary of the whole table into psycopg, split in key ranges over `threads` threads.
-
-    What the data costs to receive in Python before any compression or writing: (seconds, bytes,
-    blocks). Each thread has its own connection, as snapshot create's workers do.
-    """
-    totals: list[tuple[int, int]] = []
-    edges = [1 + rows * n // threads for n in range(threads)] + [rows + 1]
-
-    def read(low: int, high: int) -> None:
-        query = sql.SQL(
-            "COPY (SELECT {} FROM {} WHERE id >= {} AND id < {}) TO STDOUT (FORMAT binary)"
-        ).format(sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), T, sql.Literal(low), sql.Literal(high))
-        size = blocks = 0
-        with psycopg.connect(url) as conn, conn.cursor() as cur, cur.copy(query) as copy:
-            for chunk in copy:
-                size += len(chunk)
-                blocks += 1
-        totals.append((size, blocks))
-
-    workers = [threading.Thread(target=read, args=(edges[n], edges[n + 1])) for n in range(threads)]
-    start = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    seconds = time.perf_counter() - start
-    if len(totals) != threads:
-        raise RuntimeError("a COPY thread failed")
-    return seconds, sum(t[0] for t in totals), sum(t[1] for t in totals)
+    def _psql_compress(self, copy: str) -> list[tuple[str, float, str]]:
+        """One psql streams the whole table as COPY text (as each capture worker does); each 1 MiB
+        block is compressed with zstd at dbrollback's level and, for comparison, with zlib level 6
+        (pg_dump -Fc's default), timing each compressor on its own."""
+        conninfo, env = tool_connection(self.url)
+        zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+        gzip = zlib.compressobj(6)
+        raw = zstd_out = gzip_out = 0
+        zstd_s = gzip_s = 0.0
+        start = time.perf_counter()
+        proc = subprocess.Popen([str(binary("psql")), "-X", "-q", "-d", conninfo, "-c", copy],
+                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            while block := proc.stdout.read(1 << 20):
+                raw += len(block)
+                t0 = time.perf_counter()
+                zstd_out += len(zstd.compress(block))
+                t1 = time.perf_counter()
+                gzip_out += len(gzip.compress(block))
+                gzip_s += time.perf_counter() - t1
+                zstd_s += t1 - t0
+        finally:
+            if proc.wait() != 0:
+                raise RuntimeError("psql COPY failed")
+        zstd_out += len(zstd.flush())
+        gzip_out += len(gzip.flush())
+        total = time.perf_counter() - start
+        return [
+            ("psql COPY text -> pipe -> this process, both compressors", total, f"{raw:,} bytes COPY text"),
+            (f"  zstd level {ZSTD_LEVEL} alone (1 MiB blocks, one thread)", zstd_s,
+             f"{raw / MB / zstd_s:,.0f} MB/s in -> {zstd_out:,} bytes"),
+            ("  zlib level 6 alone (pg_dump -Fc's compression)", gzip_s,
+             f"{raw / MB / gzip_s:,.0f} MB/s in -> {gzip_out:,} bytes"),
+        ]  # fmt: skip
 
 
 def _workers_planned(plan: Any) -> int:
@@ -515,6 +541,21 @@ def _workers_planned(plan: Any) -> int:
     if isinstance(plan, list):
         return max([0, *(_workers_planned(v) for v in plan)])
     return 0
+
+
+def _code_version() -> str:
+    """The commit of the dbrollback checkout measured, and whether its library code had local changes."""
+    import dbrollback
+
+    repo = Path(dbrollback.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "dbrollback"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return dbrollback.__version__
+    return f"{dbrollback.__version__} at {commit}" + (" + local changes" if dirty else "")
 
 
 def machine_lines(conn: psycopg.Connection, jobs: int) -> list[str]:
@@ -537,7 +578,7 @@ def machine_lines(conn: psycopg.Connection, jobs: int) -> list[str]:
         f"psycopg {psycopg.__version__}",
         f"server: embedded PostgreSQL {version[0] if version else '?'}, Unix socket, default settings "
         f"(durability on): {shown}",
-        f"dbrollback --jobs {jobs}; every command is a separate process; times are wall-clock",
+        f"dbrollback {_code_version()}, --jobs {jobs}; every command is a separate process; wall-clock times",
     ]
 
 
@@ -547,6 +588,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="dbrollback snapshot --jobs and pg_dump -j [cores]")  # fmt: skip
+    parser.add_argument("--log-min-duration", type=int, metavar="MS",
+                        help="log statements taking at least MS ms and list those of the first run of "
+                             "each dbrollback command (costs a little time; off by default)")  # fmt: skip
     args = parser.parse_args()
 
     def terminate(signum: int, frame: FrameType | None) -> None:
@@ -558,10 +602,13 @@ def main() -> None:
     server = EmbeddedServer(workdir / "pgdata")
     try:
         log(f"starting the embedded server in {workdir}")
-        admin_url = server.start().url()
+        options = {} if args.log_min_duration is None else {
+            "log_min_duration_statement": str(args.log_min_duration), "log_checkpoints": "on"}  # fmt: skip
+        admin_url = server.start(options).url()
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute("CREATE DATABASE bench")
-        bench = Bench(workdir, server.status().url("bench"), args.rows, args.runs, args.jobs)
+        server_log = None if args.log_min_duration is None else workdir / "pgdata" / "log"
+        bench = Bench(workdir, server.status().url("bench"), args.rows, args.runs, args.jobs, server_log)
         with bench.conn:
             header = machine_lines(bench.conn, args.jobs)
             bench.create_table()

@@ -179,9 +179,9 @@ class _JournalHooks:
                 revision=step.revision,
             ) from None
         names = [f"{s}.{t}" for s, t in tables]
-        self.snapshots = [
-            s for s in self.snapshots if s["revision"] != step.revision
-        ]  # a retry's replaces it
+        # After a lock-timeout retry the new snapshot replaces the earlier attempt's in the report
+        # (both stay in the store; the newer one is the state the revision really started from).
+        self.snapshots = [s for s in self.snapshots if s["revision"] != step.revision]
         self.snapshots.append({"id": manifest.id, "revision": step.revision, "tables": names})
         rows = sum(t.row_count for t in manifest.tables)
         self.notify(
@@ -297,7 +297,8 @@ def _snapshot_duty(settings: Settings, database: Database, direction: str, targe
                 f"The snapshot store {duty.store.location} has {free:,} bytes free; the snapshots this "
                 f"upgrade must take need up to {needed:,} bytes (the tables' size before compression). "
                 "Free some space (`dbrollback snapshot prune`) or use another store. Nothing was changed.",
-                free_bytes=free, needed_bytes=needed,
+                free_bytes=free,
+                needed_bytes=needed,
             )
     return duty
 
