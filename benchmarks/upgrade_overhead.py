@@ -67,7 +67,8 @@ def main() -> None:
                 counts = seed.seed(conn, args.customers)
             seed_seconds = time.perf_counter() - t0
             admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'bench_template' AND pid <> pg_backend_pid()"
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = 'bench_template' AND pid <> pg_backend_pid()"
             )
 
             timings: dict[str, list[float]] = {"alembic upgrade heads": [], "dbrollback upgrade": []}

@@ -509,7 +509,7 @@ def test_failed_capture_leaves_nothing_in_the_bucket(db: psycopg.Connection, dat
 
     with pytest.raises(RuntimeError, match="interrupted"):
         capture_tables(database_url, store, [("public", "one"), ("public", "two")], progress=fail_after_files)
-    assert len(written[0]) == 2  # both data files were uploaded before the failure...
+    assert len(written[0]) >= 1  # data was uploaded before the failure (the second file may be in flight)...
     assert store.list() == [] and keys(admin, bucket) == []  # ...and discarded after it
 
 

@@ -128,6 +128,7 @@ def database_identity(conn: psycopg.Connection) -> str | None:
     found = conn.execute("SELECT id::text FROM dbrollback.identity").fetchone()
     return str(found[0]) if found else None
 
+
 LATEST_VERSION = len(CATALOG_MIGRATIONS)
 
 
