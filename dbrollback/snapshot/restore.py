@@ -1177,6 +1177,11 @@ def _update(
                 )
             )
     settable = [n for n in values if identity.get(n) != "a" or n in switched]
+    # Not a hash join: one too big for work_mem runs in batches, each updating rows spread over the
+    # whole table, so with checkpoints in between every page is written to the WAL again and again
+    # (measured on 5M rows: 158 s and 32 GB of WAL). A merge join on the key updates in key order,
+    # close to physical order for most tables (1M rows, frequent checkpoints: 4.4 GB -> 0.4 GB WAL).
+    conn.execute("SET LOCAL enable_hashjoin = off")
     cur = conn.execute(
         sql.SQL("UPDATE {} AS l SET {} FROM {} AS s WHERE {} AND {}").format(
             target,
@@ -1188,6 +1193,7 @@ def _update(
             _differ(values),
         )
     )
+    conn.execute("SET LOCAL enable_hashjoin TO DEFAULT")
     for name in switched:
         conn.execute(
             sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET GENERATED ALWAYS").format(
