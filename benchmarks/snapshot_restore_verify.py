@@ -19,10 +19,13 @@ one run, median of --runs runs each, with the order alternating between runs:
 
 Every command runs as its own subprocess (dbrollback as `python -m dbrollback`, as a user runs
 it, interpreter start-up included); its wall time and its peak memory (ru_maxrss from wait4 of
-exactly that process) are recorded. A few one-off diagnostics (COPY binary without compression,
-zstd, the checksum query, sha256, the primary-key build) show where the time goes.
+exactly that process) are recorded, and the WAL the server wrote meanwhile. A few one-off
+diagnostics (server-side COPY, zstd against zlib on the same COPY text, the checksum query, sha256,
+loading a snapshot file, the primary-key build) show where the time goes; with --log-min-duration,
+so does the server's log of slow statements during the first run of each dbrollback command.
 
     python benchmarks/snapshot_restore_verify.py [--rows 5000000] [--runs 3] [--jobs N]
+                                                 [--log-min-duration MS]
 """
 
 from __future__ import annotations
@@ -214,7 +217,7 @@ class Bench:
                 log(f"{title}, run {i + 1}/{self.runs}: {label}")
                 self.current = label
                 result = steps[label]()
-                log(f"  {result.seconds:.2f} s, peak RSS {result.rss_kb / 1000:.0f} MB, "
+                log(f"  {result.seconds:.2f} s, peak RSS {result.rss_kb * 1024 / MB:.0f} MB, "
                     f"WAL {result.wal_bytes / MB:,.0f} MB")  # fmt: skip
                 results[label].append(result)
         return results
