@@ -172,9 +172,9 @@ def capture_tables(
 ) -> SnapshotManifest:
     """Capture `tables` ((schema, table) pairs) at one point in time and publish the snapshot.
 
-    With ``jobs > 1``, large tables with a single integer primary key are split into key ranges
-    read by `jobs` connections in parallel; all of them import the first connection's exported
-    snapshot, so every byte still comes from one point in time. `progress` is called after each
+    Each table (or, for large tables with a single integer primary key, each key range) is read
+    by a psql process that imports the first connection's exported snapshot; `jobs` of them run at
+    once, so every byte still comes from one point in time. `progress` is called after each
     table, `on_bytes` with the size of each block read (from worker threads). The manifest is
     published only when every table has been written; on any error nothing is listed.
     """
@@ -184,8 +184,16 @@ def capture_tables(
         raise SnapshotError("A table is listed twice")
     snapshot_id = new_snapshot_id()
     try:
-        snapshot = _capture(conn_url, store, snapshot_id, tables, lock_timeout, progress, jobs,
-                            split_min_rows, on_bytes)  # fmt: skip
+        try:
+            snapshot = _capture(conn_url, store, snapshot_id, tables, lock_timeout, progress, jobs,
+                                split_min_rows, on_bytes)  # fmt: skip
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # With row_security off, a table whose policies would hide rows from this role raises
+            # instead of silently yielding a partial snapshot.
+            raise SnapshotError(
+                f"Cannot capture: {exc.diag.message_primary or exc}. The role must be able to read every "
+                "row (table owner, BYPASSRLS or superuser) and have SELECT on the table."
+            ) from None
         snapshot = snapshot.model_copy(
             update={"run_id": run_id, "revision": revision, "label": label, "expires_at": expires_at}
         )
@@ -212,29 +220,6 @@ def _connect(conn_url: str, purpose: str) -> psycopg.Connection:
 
 
 def _capture(
-    conn_url: str,
-    store: SnapshotStore,
-    snapshot_id: str,
-    tables: list[tuple[str, str]],
-    lock_timeout: str,
-    progress: Progress | None,
-    jobs: int,
-    split_min_rows: int,
-    on_bytes: Callable[[int], None] | None,
-) -> SnapshotManifest:
-    try:
-        return _capture_in_transaction(conn_url, store, snapshot_id, tables, lock_timeout, progress, jobs,
-                                       split_min_rows, on_bytes)  # fmt: skip
-    except psycopg.errors.InsufficientPrivilege as exc:
-        # With row_security off, a table whose policies would hide rows from this role raises
-        # instead of silently yielding a partial snapshot.
-        raise SnapshotError(
-            f"Cannot capture: {exc.diag.message_primary or exc}. The role must be able to read every "
-            "row (table owner, BYPASSRLS or superuser) and have SELECT on the table."
-        ) from None
-
-
-def _capture_in_transaction(
     conn_url: str,
     store: SnapshotStore,
     snapshot_id: str,
