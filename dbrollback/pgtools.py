@@ -13,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 def tool_connection(url: str) -> tuple[str, dict[str, str]]:
     """A conninfo string without the password, and an environment carrying it instead."""
     params = conninfo_to_dict(url)
+    params.setdefault("fallback_application_name", "dbrollback")
     password = params.pop("password", None)
     env = dict(os.environ)
     env.setdefault("PGCONNECT_TIMEOUT", "10")

@@ -435,3 +435,72 @@ def test_row_level_security_refuses_instead_of_capturing_a_subset(db: psycopg.Co
     finally:
         db.execute("DROP TABLE IF EXISTS secret")
         db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u@/db?host=/tmp/sock", True),
+        ("postgresql://u@localhost/db", True),
+        ("postgresql://u@127.0.0.1:5433/db", True),
+        ("postgresql://u@db.example.com/db", False),  # sslmode=prefer: psql would go cleartext
+        ("postgresql://u@localhost/db?sslmode=require", False),
+        ("postgresql://u@localhost/db?sslcert=/x.crt", False),
+        ("postgresql://u@localhost/db?gssencmode=require", False),
+        ("postgresql://u@/db?host=/tmp/sock,db.example.com", False),
+    ],
+)
+def test_psql_only_where_its_libpq_without_tls_is_safe(url: str, expected: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from dbrollback.snapshot.capture import psql_can_reach
+
+    monkeypatch.delenv("PGHOST", raising=False)
+    assert psql_can_reach(url) is expected
+
+
+def test_tls_connections_are_read_through_psycopg(db: psycopg.Connection, database_url: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Where psql cannot go (TLS), the same capture runs through psycopg: same files, same data."""
+    from dbrollback.snapshot import capture
+
+    setup_awkward(db)
+    db.execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
+    db.execute("INSERT INTO big SELECT g, repeat('x', g % 50) FROM generate_series(1, 3000) g")
+    db.execute("ANALYZE big")
+    monkeypatch.setattr(capture, "psql_can_reach", lambda url: False)
+    monkeypatch.setattr(capture.subprocess, "Popen", None)  # psql must not run at all
+    store = LocalStore(tmp_path / "store")
+    snap = capture_tables(
+        database_url, store, [(SCHEMA, TABLE), ("public", "big")], jobs=2, split_min_rows=100
+    )
+    assert [len(t.files) for t in snap.tables] == [1, 4]
+    for tm, copy_name in zip(snap.tables, ("awkward_copy", "big_copy"), strict=True):
+        db.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(
+            sql.Identifier("public", copy_name), sql.Identifier(tm.schema_name, tm.table_name)))  # fmt: skip
+        load_table_copy(db, store, snap.id, tm, "public", copy_name)
+        assert table_checksum(db, "public", copy_name, columns=tm.copy_columns) == table_checksum(
+            db, tm.schema_name, tm.table_name, columns=tm.copy_columns
+        )
+
+
+def test_a_reader_that_cannot_connect_is_named_not_blamed_on_the_store(db: psycopg.Connection,
+                                                                        database_url: str, tmp_path: Path) -> None:  # fmt: skip
+    """The capture needs a second connection; a role limited to one gets the server's reason."""
+    import uuid
+
+    role = f"one_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 1").format(sql.Identifier(role)))
+    try:
+        db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        db.execute("INSERT INTO t SELECT generate_series(1, 10)")
+        db.execute(sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(role)))
+        params = conninfo_to_dict(database_url)
+        params["user"] = role
+        store = LocalStore(tmp_path / "store")
+        with pytest.raises(SnapshotError) as info:
+            capture_tables(make_conninfo(**params), store, [("public", "t")])
+        assert "too many connections" in info.value.message and "store" not in info.value.message.lower()
+        assert store.list() == []
+    finally:
+        db.execute("DROP TABLE IF EXISTS t")
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

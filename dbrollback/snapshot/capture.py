@@ -17,6 +17,7 @@ one Python iteration per row, which made the capture 3x slower; see docs/benchma
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import secrets
 import subprocess
@@ -31,6 +32,7 @@ import psycopg
 import zstandard
 from psycopg import sql
 from psycopg.abc import Buffer
+from psycopg.conninfo import conninfo_to_dict
 
 from dbrollback import __version__
 from dbrollback.catalog.schema import database_identity
@@ -90,6 +92,20 @@ def new_snapshot_id(now: datetime | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
+def _batched(blocks: Iterable[Buffer], size: int = _READ_BLOCK) -> Iterator[bytes]:
+    """Join psycopg's one-block-per-row COPY output into ~1 MiB blocks for the compressor."""
+    pending: list[Buffer] = []
+    total = 0
+    for block in blocks:
+        pending.append(block)
+        total += len(block)
+        if total >= size:
+            yield b"".join(pending)
+            pending, total = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
 def _compressed(blocks: Iterable[Buffer], level: int = ZSTD_LEVEL) -> Iterator[bytes]:
     compressor = zstandard.ZstdCompressor(level=level).compressobj()
     for block in blocks:
@@ -143,6 +159,7 @@ class _Part:
     entry: FileEntry | None = None
     rows: int = -1
     text: str = ""  # the query rendered for psql
+    lock: str = ""  # LOCK of the part's own table, rendered
 
 
 @dataclass
@@ -260,9 +277,14 @@ def _capture(
         parts = [part for item in work for part in item.parts]
         for part in parts:  # rendered here: the worker threads do not touch this connection
             part.text = part.query.as_string(conn)
-        preamble = _psql_preamble(conn, str(exported[0]), tables, lock_timeout)
+            schema, table = tables[part.table_index]
+            part.lock = _lock_nowait(schema, table).as_string(conn)
+        # The main transaction waits idle while the readers copy: a database-wide idle timeout
+        # must not end it (and with it the exported snapshot) half-way.
+        conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        preamble = _session_setup(conn, str(exported[0]), lock_timeout)
         workers = _ParallelCopy(conn_url, preamble, max(1, min(jobs, len(parts))), store, snapshot_id,
-                                on_bytes)  # fmt: skip
+                                on_bytes, use_psql=psql_can_reach(conn_url))  # fmt: skip
         workers.start(parts)
         captured: list[TableManifest] = []
         try:
@@ -350,26 +372,42 @@ def _key_ranges(conn: psycopg.Connection, oid: int, schema: str, table: str, pri
     return [(edges[i], edges[i + 1] if i + 1 < count else None) for i in range(count)]
 
 
-def _psql_preamble(conn: psycopg.Connection, exported: str, tables: list[tuple[str, str]],
-                   lock_timeout: str) -> str:  # fmt: skip
-    """The psql script lines before each COPY: join the exported snapshot, lock, pin settings."""
-    lock = sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(
-        sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)
-    )
-    lines = [
-        "\\set ON_ERROR_STOP on",
-        "SET client_min_messages = warning;",
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;",
-        sql.SQL("SET TRANSACTION SNAPSHOT {};").format(sql.Literal(exported)).as_string(conn),
-        "SET LOCAL row_security = off;",
-        sql.SQL("SET LOCAL lock_timeout = {};").format(sql.Literal(lock_timeout)).as_string(conn),
-        *pinned_settings_sql(conn),
-        # Locked up front, without waiting (as pg_dump's workers do): a DDL queued behind the main
-        # connection's lock would otherwise block this reader while we wait for it, a deadlock
-        # PostgreSQL cannot see.
-        lock.as_string(conn) + ";",
+def _lock_nowait(schema: str, table: str) -> sql.Composed:
+    # Each reader locks its own table up front, without waiting (as pg_dump's workers do): a DDL
+    # queued behind the main connection's lock would otherwise block the reader while we wait for
+    # it, a deadlock PostgreSQL cannot see. The main connection holds the locks that matter.
+    return sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT").format(sql.Identifier(schema, table))
+
+
+def _session_setup(conn: psycopg.Connection, exported: str, lock_timeout: str) -> list[str]:
+    """Statements each reader runs after BEGIN: join the exported snapshot, pin settings."""
+    return [
+        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)).as_string(conn),
+        "SET LOCAL row_security = off",
+        "SET LOCAL statement_timeout = 0",
+        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)).as_string(conn),
+        *(statement.rstrip(";") for statement in pinned_settings_sql(conn)),
     ]
-    return "\n".join(lines) + "\n"
+
+
+def psql_can_reach(conn_url: str) -> bool:
+    """Whether the wheel's psql may carry this connection.
+
+    Its libpq is built without TLS and GSSAPI: over a network it would fail with sslmode=require,
+    or, worse, silently connect in cleartext with the default sslmode=prefer. So psql is used only
+    for Unix sockets and the loopback interface without TLS demands; anything else is read
+    through psycopg (slower: one Python step per row, but encrypted like the user's connection).
+    """
+    params = conninfo_to_dict(conn_url)
+    if (
+        params.get("sslmode") in ("require", "verify-ca", "verify-full")
+        or params.get("gssencmode") == "require"
+    ):
+        return False
+    if any(key.startswith("ssl") and key != "sslmode" for key in params):
+        return False  # client certificates and the like: the user wants TLS
+    hosts = str(params.get("host") or os.environ.get("PGHOST") or "").split(",")
+    return all(h == "" or h.startswith("/") or h in ("localhost", "127.0.0.1", "::1") for h in hosts)
 
 
 class _ParallelCopy:
@@ -379,10 +417,11 @@ class _ParallelCopy:
     point in time.
     """
 
-    def __init__(self, conn_url: str, preamble: str, jobs: int, store: SnapshotStore, snapshot_id: str,
-                 on_bytes: Callable[[int], None] | None) -> None:  # fmt: skip
+    def __init__(self, conn_url: str, setup: list[str], jobs: int, store: SnapshotStore, snapshot_id: str,
+                 on_bytes: Callable[[int], None] | None, use_psql: bool) -> None:  # fmt: skip
+        self.conn_url, self.use_psql = conn_url, use_psql
         self.conninfo, self.env = tool_connection(conn_url)
-        self.preamble, self.jobs = preamble, jobs
+        self.setup, self.jobs = setup, jobs
         self.store, self.snapshot_id, self.on_bytes = store, snapshot_id, on_bytes
         self.queue: queue.Queue[_Part | None] = queue.Queue()
         self.pending: dict[int, int] = {}
@@ -418,38 +457,70 @@ class _ParallelCopy:
                 self.condition.notify_all()
 
     def _copy(self, part: _Part) -> None:
-        script = self.preamble + part.text + ";\nCOMMIT;\n"
+        if self.use_psql:
+            self._copy_with_psql(part)
+        else:
+            self._copy_with_psycopg(part)
+
+    def _blocks(self, chunks: Iterable[bytes], counter: list[int]) -> Iterator[bytes]:
+        """Count rows (text COPY: one line per row, newlines in values escaped) and report bytes."""
+        for block in chunks:
+            if self.stop.is_set():
+                raise SnapshotError("Capture stopped: another part failed")
+            counter[0] += block.count(b"\n")
+            if self.on_bytes is not None:
+                self.on_bytes(len(block))
+            yield block
+
+    def _copy_with_psycopg(self, part: _Part) -> None:
+        counter = [0]
+        with _connect(self.conn_url, "snapshot reader") as conn, conn.transaction():
+            for statement in self.setup:
+                conn.execute(statement.encode())
+            try:
+                conn.execute(part.lock.encode())
+            except psycopg.errors.LockNotAvailable:
+                raise _psql_error("could not obtain lock") from None
+            with conn.cursor() as cur, cur.copy(part.text.encode()) as copy:
+                part.entry = self.store.write_file(
+                    self.snapshot_id, part.name, _compressed(self._blocks(_batched(copy), counter))
+                )
+        part.rows = counter[0]
+
+    def _copy_with_psql(self, part: _Part) -> None:
+        script = "\n".join(
+            ["\\set ON_ERROR_STOP on", "SET client_min_messages = warning;",
+             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;",
+             *(statement + ";" for statement in self.setup), part.lock + ";", part.text + ";", "COMMIT;", ""]
+        )  # fmt: skip
         with tempfile.TemporaryFile() as errors:
             process = subprocess.Popen(
                 [str(binary("psql")), "-X", "-q", "-d", self.conninfo, "-f", "-"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=self.env,
             )  # fmt: skip
             assert process.stdin is not None and process.stdout is not None
-            rows = 0
+            counter = [0]
             try:
-                process.stdin.write(script.encode())
-                process.stdin.close()
-
-                def blocks() -> Iterator[bytes]:
-                    nonlocal rows
-                    assert process.stdout is not None
-                    while block := process.stdout.read(_READ_BLOCK):
-                        if self.stop.is_set():
-                            raise SnapshotError("Capture stopped: another part failed")
-                        rows += block.count(b"\n")  # text COPY: one line per row, newlines escaped
-                        if self.on_bytes is not None:
-                            self.on_bytes(len(block))
-                        yield block
-
-                part.entry = self.store.write_file(self.snapshot_id, part.name, _compressed(blocks()))
+                try:
+                    process.stdin.write(script.encode())
+                    process.stdin.close()
+                except BrokenPipeError:  # psql ended before reading its script: its stderr says why
+                    pass
+                else:
+                    chunks = iter(lambda: process.stdout.read(_READ_BLOCK), b"")  # type: ignore[union-attr]
+                    part.entry = self.store.write_file(
+                        self.snapshot_id, part.name, _compressed(self._blocks(chunks, counter))
+                    )
             finally:
-                if process.poll() is None:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
+                if process.poll() is None and part.entry is None:
                     process.kill()
                 process.wait()
-            if process.returncode != 0:
+            if process.returncode != 0 or part.entry is None:
                 errors.seek(0)
                 raise _psql_error(errors.read().decode(errors="replace"))
-        part.rows = rows
+        part.rows = counter[0]
 
     def wait_for(self, table_index: int) -> None:
         with self.condition:

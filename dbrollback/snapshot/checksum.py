@@ -27,8 +27,9 @@ _PINNED_SETTINGS: tuple[tuple[str, str], ...] = (
     ("TimeZone", "UTC"),
     ("DateStyle", "ISO, YMD"),
     ("IntervalStyle", "postgres"),
-    ("extra_float_digits", "1"),
+    ("extra_float_digits", "3"),  # exact float text on every version (12+ treat any value > 0 alike)
     ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
 )
 
 _COLUMN_TYPES_SQL = """

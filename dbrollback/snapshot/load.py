@@ -52,6 +52,8 @@ def load_table_copy(
     COPY gives no per-row count until it ends, and the decompressed size is not recorded).
     """
     columns = table_manifest.copy_columns
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("SET LOCAL lc_monetary = 'C'")  # money is read as it was written
     total = 0
     # One COPY per file: each file is a complete binary COPY stream (a table read in parallel key
     # ranges has one file per range).

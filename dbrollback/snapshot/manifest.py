@@ -76,6 +76,14 @@ def parse_manifest(data: bytes, snapshot_id: str) -> SnapshotManifest:
             f"Snapshot {snapshot_id}: manifest.json is damaged ({where}: {first['msg']})",
             id=snapshot_id, file="manifest.json",
         ) from None  # fmt: skip
+    if manifest.format_version > FORMAT_VERSION:
+        from dbrollback.errors import SnapshotError
+
+        raise SnapshotError(
+            f"Snapshot {snapshot_id} was written by a newer dbrollback (manifest format "
+            f"{manifest.format_version}; this one reads up to {FORMAT_VERSION}); upgrade dbrollback",
+            id=snapshot_id,
+        )
     if manifest.id != snapshot_id:
         raise SnapshotCorrupt(
             f"Snapshot {snapshot_id}: manifest.json belongs to snapshot {manifest.id}",
