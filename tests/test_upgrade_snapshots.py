@@ -263,3 +263,21 @@ def test_too_little_space_for_the_planned_snapshots_refuses_up_front(project, cl
     assert result.code == 3 and "1,000 bytes free" in result.err
     assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("r1",)]
     assert LocalStore(store).list() == []
+
+
+def test_without_a_safe_pg_dump_the_analysis_renders_offline(project, cli, db, database_url, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    """A server that needs TLS cannot be copied with the wheel's pg_dump: the plan falls back to
+    Alembic's offline rendering and still finds the lossy revision."""
+    from dbrollback.snapshot import capture
+
+    _lossy_project(project)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r2", *_args(database_url, store)).code == 0
+    _fill(db)
+    monkeypatch.setattr(capture, "psql_can_reach", lambda url: False)
+    planned = cli("plan", "--json", *_args(database_url, store))
+    assert planned.code == 0, planned.err
+    methods = {r["revision"]: r["method"] for r in planned.json["revisions"]}
+    assert methods == {"r3": "offline", "r4": "offline"}
+    assert [s["revision"] for s in planned.json["snapshots"]] == ["r3", "r4"]

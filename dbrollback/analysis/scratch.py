@@ -98,6 +98,13 @@ def open_scratch(source_libpq_url: str, *, exclude_schemas: Sequence[str] = ("db
     `lock_wait_timeout_ms`: pg_dump gives up (ScratchUnavailable) rather than queue behind a
     session holding a table lock; the caller then falls back to offline analysis.
     """
+    from dbrollback.snapshot.capture import psql_can_reach
+
+    if not psql_can_reach(source_libpq_url):
+        # The wheel's pg_dump has no TLS: it would fail, or send the schema in cleartext.
+        raise ScratchUnavailable(
+            "the bundled pg_dump cannot use TLS, which a connection to this server needs or should use"
+        )
     name = f"{SCRATCH_PREFIX}{secrets.token_hex(6)}"
     same_server_url = _with_database(source_libpq_url, name)  # before anything is created
     dump_args = _dump_args(exclude_schemas)
