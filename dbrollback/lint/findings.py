@@ -1,0 +1,161 @@
+"""Lint findings, the rule interface, and ``# dbrollback: ignore[...]`` suppressions."""
+
+from __future__ import annotations
+
+import io
+import re
+import tokenize
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from dbrollback.lint.recorder import RecordedRevision
+
+__all__ = [
+    "AXES",
+    "Finding",
+    "LintContext",
+    "Rule",
+    "Severity",
+    "Suppression",
+    "apply_suppressions",
+    "parse_suppressions",
+]
+
+Severity = Literal["error", "warning", "info"]
+FindingDirection = Literal["upgrade", "downgrade", "graph"]
+
+# The axes a rule concerns (issue #4): lock/rewrite, data loss, irreversible, breaks running code.
+AXES = ("lock-rewrite", "data-loss", "irreversible", "breaks-running-code")
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: Severity
+    path: str
+    line: int
+    column: int
+    revision: str | None
+    direction: FindingDirection
+    message: str
+    hint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LintContext:
+    """Settings the rules obey."""
+
+    pg_version: int = 14
+
+
+class Rule:
+    """Base of every rule. Subclasses set the class attributes and implement :meth:`check`."""
+
+    id: ClassVar[str]
+    default_severity: ClassVar[Severity]
+    axes: ClassVar[tuple[str, ...]]
+    problem: ClassVar[str]
+    safe_alternative: ClassVar[str]
+
+    def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
+        raise NotImplementedError
+
+    def finding(self, revision: RecordedRevision, line: int, direction: FindingDirection, message: str,
+                column: int = 1) -> Finding:  # fmt: skip
+        return Finding(
+            rule=self.id,
+            severity=self.default_severity,
+            path=str(revision.path),
+            line=line,
+            column=column,
+            revision=revision.revision,
+            direction=direction,
+            message=message,
+            hint=self.safe_alternative,
+        )
+
+
+# --- suppressions ------------------------------------------------------------------------------------
+
+_SUPPRESSION = re.compile(r"#\s*dbrollback:\s*(?P<kind>ignore-file|ignore)\[(?P<rules>[^\]]*)\](?P<rest>.*)$")
+
+
+@dataclass
+class Suppression:
+    line: int
+    column: int
+    file_wide: bool
+    rules: tuple[str, ...]
+    reason: str
+    used: bool = field(default=False)
+
+    def covers(self, finding: Finding) -> bool:
+        if finding.rule not in self.rules:
+            return False
+        # Same line (trailing comment) or the line above the finding.
+        return self.file_wide or finding.line in (self.line, self.line + 1)
+
+
+def parse_suppressions(source_text: str) -> list[Suppression]:
+    """Every ``# dbrollback: ignore[...]`` / ``ignore-file[...]`` comment (comments only, not strings)."""
+    comments: list[tuple[int, int, str]] = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source_text).readline):
+            if token.type == tokenize.COMMENT:
+                comments.append((token.start[0], token.start[1] + 1, token.string))
+    except (tokenize.TokenError, SyntaxError):
+        # A file that does not tokenize: fall back to a line scan so suppressions still work.
+        for number, text in enumerate(source_text.splitlines(), start=1):
+            index = text.find("#")
+            if index >= 0:
+                comments.append((number, index + 1, text[index:]))
+    suppressions = []
+    for line, column, comment in comments:
+        match = _SUPPRESSION.search(comment)
+        if match is None:
+            continue
+        rules = tuple(r.strip() for r in match["rules"].split(",") if r.strip())
+        rest = match["rest"].strip()
+        reason = rest[2:].strip() if rest.startswith("--") else ""
+        suppressions.append(Suppression(line, column, match["kind"] == "ignore-file", rules, reason))
+    return suppressions
+
+
+def apply_suppressions(findings: list[Finding], source_text: str, path: Path | str,
+                       revision: str | None = None) -> list[Finding]:  # fmt: skip
+    """Drop the findings of ``path`` that a suppression with a reason covers; add
+    ``ignore-without-reason`` for suppressions lacking one (they suppress nothing) and
+    ``unused-ignore`` for suppressions with a reason that covered no finding."""
+    path_text = str(path)
+    suppressions = parse_suppressions(source_text)
+    kept: list[Finding] = []
+    for finding in findings:
+        suppressed = False
+        if finding.path == path_text:
+            for suppression in suppressions:
+                if suppression.reason and suppression.covers(finding):
+                    suppression.used = True
+                    suppressed = True
+        if not suppressed:
+            kept.append(finding)
+    for suppression in suppressions:
+        kind = "ignore-file" if suppression.file_wide else "ignore"
+        label = f"# dbrollback: {kind}[{', '.join(suppression.rules)}]"
+        if not suppression.reason:
+            kept.append(Finding(
+                "ignore-without-reason", "warning", path_text, suppression.line, suppression.column,
+                revision, "graph", f"{label} has no reason, so it suppresses nothing",
+                f"add the reason after the brackets: {label} -- why this is safe",
+            ))  # fmt: skip
+        elif not suppression.used:
+            kept.append(Finding(
+                "unused-ignore", "warning", path_text, suppression.line, suppression.column,
+                revision, "graph", f"{label} suppresses no finding",
+                "remove the comment, or fix the rule id / put it on or just above the finding's line",
+            ))  # fmt: skip
+    return kept

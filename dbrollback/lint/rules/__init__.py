@@ -1,0 +1,44 @@
+"""The lint rules, one module each. :data:`ALL_RULES` is the registry, keyed by the public rule ids."""
+
+from __future__ import annotations
+
+from dbrollback.lint.findings import Finding, LintContext, Rule
+from dbrollback.lint.recorder import RecordedRevision
+from dbrollback.lint.rules.concurrently_in_transaction import ConcurrentlyInTransaction
+from dbrollback.lint.rules.create_index_not_concurrently import CreateIndexNotConcurrently
+from dbrollback.lint.rules.downgrade_drops_new_data import DowngradeDropsNewData
+from dbrollback.lint.rules.drop_column import DropColumn
+from dbrollback.lint.rules.drop_table import DropTable
+from dbrollback.lint.rules.missing_downgrade import MissingDowngrade
+from dbrollback.lint.rules.opaque_migration import OpaqueMigration
+from dbrollback.lint.rules.rename_column import RenameColumn
+from dbrollback.lint.rules.syntax_error import SyntaxErrorRule
+
+__all__ = ["ALL_RULES", "RULES_BY_ID", "run_rules"]
+
+ALL_RULES: tuple[Rule, ...] = (
+    MissingDowngrade(),
+    DowngradeDropsNewData(),
+    OpaqueMigration(),
+    DropTable(),
+    DropColumn(),
+    CreateIndexNotConcurrently(),
+    ConcurrentlyInTransaction(),
+    RenameColumn(),
+    SyntaxErrorRule(),
+)
+
+RULES_BY_ID: dict[str, Rule] = {rule.id: rule for rule in ALL_RULES}
+
+
+def run_rules(revision: RecordedRevision, context: LintContext | None = None,
+              rules: tuple[Rule, ...] | None = None) -> list[Finding]:  # fmt: skip
+    """Every finding of ``rules`` (default: all) on one recorded revision, in file order.
+
+    A file that does not import only gets ``syntax-error``; other rules would have nothing to see."""
+    context = context or LintContext()
+    selected = rules if rules is not None else ALL_RULES
+    if revision.syntax_error is not None:
+        selected = tuple(rule for rule in selected if rule.id == "syntax-error")
+    findings = [finding for rule in selected for finding in rule.check(revision, context)]
+    return sorted(findings, key=lambda f: (f.line, f.column, f.rule))

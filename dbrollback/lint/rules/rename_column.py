@@ -1,0 +1,42 @@
+"""rename-column: running code that uses the old name breaks."""
+
+from __future__ import annotations
+
+from alembic.operations import ops as alembic_ops
+
+from dbrollback.lint.findings import Finding, LintContext, Rule
+from dbrollback.lint.recorder import RecordedRevision, created_tables, table_key, table_label
+
+
+class RenameColumn(Rule):
+    id = "rename-column"
+    default_severity = "warning"
+    axes = ("breaks-running-code",)
+    problem = "renaming a column breaks every running query that uses the old name"
+    safe_alternative = (
+        "add the new column, write to both and backfill, move the readers, then drop the old column later"
+    )
+
+    def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
+        findings: list[Finding] = []
+        for direction in ("upgrade", "downgrade"):
+            ops = revision.function(direction).ops
+            for index, recorded in enumerate(ops):
+                earlier = created_tables(ops[:index])
+                renames: list[str] = []
+                op = recorded.op
+                if isinstance(op, alembic_ops.AlterColumnOp) and op.modify_name:
+                    key = table_key(op.schema, op.table_name)
+                    if key not in earlier:
+                        renames.append(f"{table_label(key)}.{op.column_name} to {op.modify_name}")
+                for effect in recorded.effects:
+                    if effect.kind == "rename_column" and effect.table is not None:
+                        key = table_key(effect.table.schema, effect.table.name)
+                        if key not in earlier:
+                            renames.append(effect.reason.removeprefix("renames column "))
+                if renames:
+                    findings.append(self.finding(
+                        revision, recorded.line, direction,
+                        f"renames column {'; '.join(renames)}", recorded.column,
+                    ))  # fmt: skip
+        return findings

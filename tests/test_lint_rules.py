@@ -1,0 +1,490 @@
+"""Lint rules as data: for each rule, revisions that must and must not raise it, plus suppressions."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dbrollback.lint import (
+    ALL_RULES,
+    RULES_BY_ID,
+    Finding,
+    LintContext,
+    lint_file,
+    record_revision,
+    run_rules,
+)
+from dbrollback.lint.findings import AXES, apply_suppressions
+from tests.conftest import Project
+
+SHOP = Path(__file__).resolve().parent.parent / "migrations_examples" / "shop" / "versions"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    rule: str
+    upgrade: str
+    downgrade: str = "pass"
+    header: str = ""
+    down: str | tuple[str, ...] | None = None
+    # (direction, a text unique to the expected line) per expected finding; empty = must pass.
+    expect: tuple[tuple[str, str], ...] = ()
+    severity: str | None = None
+
+
+CASES = [
+    # --- missing-downgrade ---------------------------------------------------------------------
+    Case(
+        "pass-body",
+        "missing-downgrade",
+        'op.drop_column("t", "c")',
+        "pass",
+        expect=(("downgrade", "def downgrade"),),
+    ),
+    Case(
+        "docstring-only",
+        "missing-downgrade",
+        'op.drop_column("t", "c")',
+        '"""Cannot be undone."""',
+        expect=(("downgrade", "def downgrade"),),
+    ),
+    Case(
+        "comment-only",
+        "missing-downgrade",
+        'op.drop_column("t", "c")',
+        "# nothing\npass",
+        expect=(("downgrade", "def downgrade"),),
+    ),
+    Case(
+        "not-implemented",
+        "missing-downgrade",
+        'op.drop_column("t", "c")',
+        "raise NotImplementedError()",
+        expect=(("downgrade", "def downgrade"),),
+    ),
+    Case(
+        "real-downgrade",
+        "missing-downgrade",
+        'op.drop_column("t", "c")',
+        'op.add_column("t", sa.Column("c", sa.Text))',
+    ),
+    Case("merge-revision", "missing-downgrade", "pass", "pass", down=("a1", "b1")),
+    Case("empty-upgrade", "missing-downgrade", '"""placeholder"""', "raise NotImplementedError"),
+    Case(
+        "declared-irreversible",
+        "missing-downgrade",
+        'op.execute("UPDATE t SET a = lower(a)")',
+        "pass",
+        header='dbrollback_irreversible = "emails are lower-cased for good"\n',
+        expect=(("downgrade", "def downgrade"),),
+        severity="info",
+    ),
+    # --- drop-table ----------------------------------------------------------------------------
+    Case("drop-table", "drop-table", 'op.drop_table("orders")', expect=(("upgrade", "drop_table"),)),
+    Case(
+        "drop-table-raw",
+        "drop-table",
+        'op.execute("DROP TABLE \\"Old Orders\\"")',
+        expect=(("upgrade", "DROP TABLE"),),
+    ),
+    Case(
+        "drop-table-in-downgrade",
+        "drop-table",
+        'op.rename_table("a", "b")',
+        'op.drop_table("legacy")',
+        expect=(("downgrade", "drop_table"),),
+    ),
+    Case(
+        "downgrade-drops-created-table",
+        "drop-table",
+        'op.create_table("t", sa.Column("id", sa.Integer))',
+        'op.drop_table("t")',
+    ),
+    Case(
+        "temp-table-in-same-function",
+        "drop-table",
+        'op.create_table("tmp", sa.Column("id", sa.Integer))\nop.drop_table("tmp")',
+    ),
+    # --- drop-column ---------------------------------------------------------------------------
+    Case("drop-column", "drop-column", 'op.drop_column("t", "c")', expect=(("upgrade", "drop_column"),)),
+    Case(
+        "drop-column-raw",
+        "drop-column",
+        'op.execute("ALTER TABLE t DROP COLUMN c")',
+        expect=(("upgrade", "DROP COLUMN"),),
+    ),
+    Case(
+        "drop-column-batch",
+        "drop-column",
+        'with op.batch_alter_table("t") as b:\n    b.drop_column("c")',
+        expect=(("upgrade", "b.drop_column"),),
+    ),
+    Case(
+        "downgrade-drops-added-column",
+        "drop-column",
+        'op.add_column("t", sa.Column("c", sa.Text))',
+        'op.drop_column("t", "c")',
+    ),
+    Case(
+        "downgrade-drops-other-column",
+        "drop-column",
+        'op.add_column("t", sa.Column("c", sa.Text))',
+        'op.drop_column("t", "c")\nop.drop_column("t", "d")',
+        expect=(("downgrade", '"d"'),),
+    ),
+    Case(
+        "drop-column-odd-names",
+        "drop-column",
+        'op.drop_column("Kunden Größe", "Straße; \\"x\\"")',
+        expect=(("upgrade", "Kunden Größe"),),
+    ),
+    # --- downgrade-drops-new-data --------------------------------------------------------------
+    Case(
+        "drops-new-column",
+        "downgrade-drops-new-data",
+        'op.add_column("t", sa.Column("c", sa.Text))',
+        'op.drop_column("t", "c")',
+        expect=(("downgrade", "drop_column"),),
+        severity="info",
+    ),
+    Case(
+        "drops-new-table-raw",
+        "downgrade-drops-new-data",
+        'op.execute("CREATE TABLE n (id int)")',
+        'op.execute("DROP TABLE n")',
+        expect=(("downgrade", "DROP TABLE"),),
+    ),
+    Case(
+        "drops-old-column",
+        "downgrade-drops-new-data",
+        'op.alter_column("t", "c", nullable=True)',
+        'op.drop_column("t", "c")',
+    ),
+    # --- rename-column -------------------------------------------------------------------------
+    Case(
+        "rename-column",
+        "rename-column",
+        'op.alter_column("t", "a", new_column_name="b")',
+        'op.alter_column("t", "b", new_column_name="a")',
+        expect=(("upgrade", 'new_column_name="b"'), ("downgrade", 'new_column_name="a"')),
+    ),
+    Case(
+        "rename-column-raw",
+        "rename-column",
+        'op.execute("ALTER TABLE t RENAME COLUMN a TO b")',
+        expect=(("upgrade", "RENAME COLUMN"),),
+    ),
+    Case(
+        "rename-on-new-table",
+        "rename-column",
+        'op.create_table("n", sa.Column("a", sa.Text))\nop.alter_column("n", "a", new_column_name="b")',
+    ),
+    Case("alter-without-rename", "rename-column", 'op.alter_column("t", "a", nullable=False)'),
+    # --- create-index-not-concurrently ---------------------------------------------------------
+    Case(
+        "plain-index",
+        "create-index-not-concurrently",
+        'op.create_index("ix", "t", ["a"])',
+        expect=(("upgrade", "create_index"),),
+    ),
+    Case(
+        "plain-index-raw",
+        "create-index-not-concurrently",
+        'op.execute("CREATE UNIQUE INDEX ix ON t (a)")',
+        expect=(("upgrade", "CREATE UNIQUE INDEX"),),
+    ),
+    Case(
+        "index-in-downgrade",
+        "create-index-not-concurrently",
+        'op.drop_index("ix", table_name="t")',
+        'op.create_index("ix", "t", ["a"])',
+        expect=(("downgrade", "create_index"),),
+    ),
+    Case(
+        "index-on-new-table",
+        "create-index-not-concurrently",
+        'op.create_table("n", sa.Column("a", sa.Text))\nop.create_index("ix", "n", ["a"])',
+    ),
+    Case(
+        "index-on-new-table-raw",
+        "create-index-not-concurrently",
+        'op.execute("CREATE TABLE n (a text)")\nop.execute("CREATE INDEX ix ON n (a)")',
+    ),
+    Case(
+        "concurrent-index",
+        "create-index-not-concurrently",
+        "with op.get_context().autocommit_block():\n"
+        '    op.create_index("ix", "t", ["a"], postgresql_concurrently=True)',
+    ),
+    Case(
+        "concurrent-index-raw",
+        "create-index-not-concurrently",
+        'with op.get_context().autocommit_block():\n    op.execute("CREATE INDEX CONCURRENTLY ix ON t (a)")',
+    ),
+    # --- concurrently-in-transaction ------------------------------------------------------------
+    Case(
+        "concurrently-outside-block",
+        "concurrently-in-transaction",
+        'op.create_index("ix", "t", ["a"], postgresql_concurrently=True)',
+        expect=(("upgrade", "create_index"),),
+    ),
+    Case(
+        "raw-concurrently-outside-block",
+        "concurrently-in-transaction",
+        'op.execute("CREATE INDEX CONCURRENTLY ix ON t (a)")',
+        expect=(("upgrade", "CONCURRENTLY"),),
+    ),
+    Case(
+        "drop-concurrently-in-downgrade",
+        "concurrently-in-transaction",
+        "pass",
+        'op.drop_index("ix", table_name="t", postgresql_concurrently=True)',
+        expect=(("downgrade", "drop_index"),),
+    ),
+    Case(
+        "raw-drop-concurrently",
+        "concurrently-in-transaction",
+        'op.execute("DROP INDEX CONCURRENTLY ix")',
+        expect=(("upgrade", "DROP INDEX"),),
+    ),
+    Case(
+        "reindex-concurrently",
+        "concurrently-in-transaction",
+        'op.execute("REINDEX INDEX CONCURRENTLY ix")',
+        expect=(("upgrade", "REINDEX"),),
+    ),
+    Case(
+        "concurrently-inside-block",
+        "concurrently-in-transaction",
+        "with op.get_context().autocommit_block():\n"
+        '    op.create_index("ix", "t", ["a"], postgresql_concurrently=True)\n'
+        '    op.execute("DROP INDEX CONCURRENTLY old_ix")',
+    ),
+    Case("plain-index-no-concurrently", "concurrently-in-transaction", 'op.create_index("ix", "t", ["a"])'),
+    # --- opaque-migration ----------------------------------------------------------------------
+    Case(
+        "raises",
+        "opaque-migration",
+        'op.add_column("t", sa.Column("c", sa.Text))\nraise ValueError("x")',
+        'op.drop_column("t", "c")',
+        expect=(("upgrade", "raise ValueError"),),
+    ),
+    Case(
+        "get-bind",
+        "opaque-migration",
+        'op.add_column("t", sa.Column("c", sa.Text))',
+        'conn = op.get_bind()\nop.drop_column("t", "c")',
+        expect=(("downgrade", "def downgrade"),),
+    ),
+    Case(
+        "plain-ops",
+        "opaque-migration",
+        'op.add_column("t", sa.Column("c", sa.Text))',
+        'op.drop_column("t", "c")',
+    ),
+    # --- syntax-error --------------------------------------------------------------------------
+    Case("syntax-error", "syntax-error", 'op.drop_table("t"', expect=(("graph", "def downgrade"),)),
+    Case("imports", "syntax-error", 'op.drop_table("t")'),
+]
+
+
+def _write(project: Project, case: Case) -> Path:
+    project.add_revision("r1", case.down, case.upgrade, case.downgrade, header=case.header)
+    return project.versions / "r1.py"
+
+
+def _line_of(path: Path, text: str) -> int:
+    lines = [i for i, line in enumerate(path.read_text().splitlines(), start=1) if text in line]
+    assert len(lines) == 1, (text, lines)
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.rule}:{c.name}")
+def test_rule_case(project: Project, case: Case) -> None:
+    path = _write(project, case)
+    rule = RULES_BY_ID[case.rule]
+    recorded = record_revision(path)
+    findings = run_rules(recorded, LintContext(), rules=(rule,))
+    expected = [(direction, _line_of(path, marker)) for direction, marker in case.expect]
+    if case.rule == "syntax-error" and case.expect:
+        # Python reports the unclosed call's error at its own line, whatever the version says.
+        try:
+            compile(path.read_text(), str(path), "exec")
+        except SyntaxError as exc:
+            expected = [("graph", exc.lineno or 0)]
+    assert [(f.direction, f.line) for f in findings] == expected
+    for finding in findings:
+        assert finding.rule == case.rule
+        assert finding.severity == (case.severity or rule.default_severity)
+        assert finding.path == str(path.resolve())
+        assert finding.revision == (None if case.rule == "syntax-error" else "r1")
+        assert finding.message and finding.hint
+
+
+def test_every_rule_has_cases_that_pass_and_fail() -> None:
+    for rule in ALL_RULES:
+        cases = [c for c in CASES if c.rule == rule.id]
+        assert any(c.expect for c in cases), rule.id
+        assert any(not c.expect for c in cases), rule.id
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.id)
+def test_rule_metadata(rule: object) -> None:
+    from dbrollback.lint import Rule
+
+    assert isinstance(rule, Rule)
+    assert re.fullmatch(r"[a-z]+(-[a-z]+)*", rule.id)
+    assert rule.default_severity in ("error", "warning", "info")
+    assert rule.axes and set(rule.axes) <= set(AXES)
+    assert rule.problem and "\n" not in rule.problem
+    assert rule.safe_alternative
+
+
+def test_one_operation_can_raise_several_rules_once_each(project: Project) -> None:
+    project.add_revision(
+        "r1", None, 'op.execute("DROP TABLE a, b; ALTER TABLE c DROP COLUMN x, DROP COLUMN y")'
+    )
+    findings = lint_file(project.versions / "r1.py")
+    assert [(f.rule, f.message) for f in findings] == [
+        ("drop-column", "drops column c.x, c.y and its values"),
+        ("drop-table", "drops table a, b and all its rows"),
+        ("missing-downgrade", "the downgrade is empty but the upgrade is not"),
+    ]
+
+
+def test_shop_example_findings() -> None:
+    got = []
+    for path in sorted(SHOP.glob("0*.py")):
+        for finding in lint_file(path):
+            text = path.read_text().splitlines()[finding.line - 1].strip()
+            got.append((path.stem[:4], finding.rule, finding.severity, finding.direction, text))
+    assert got == [
+        ("0001", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_table("newsletter_signups")'),
+        ("0001", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_table("order_items")'),
+        ("0001", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_table("orders")'),
+        ("0001", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_table("products")'),
+        ("0001", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_table("customers")'),
+        ("0002", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_column("customers", "phone")'),
+        (
+            "0003",
+            "create-index-not-concurrently",
+            "error",
+            "upgrade",
+            'op.create_index("ix_orders_customer_id", "orders", ["customer_id"])',
+        ),
+        (
+            "0003",
+            "create-index-not-concurrently",
+            "error",
+            "upgrade",
+            'op.create_index("ix_orders_placed_at", "orders", ["placed_at"])',
+        ),
+        ("0004", "missing-downgrade", "error", "downgrade", "def downgrade() -> None:"),
+        ("0005", "drop-column", "error", "upgrade", 'op.drop_column("customers", "full_name")'),
+        ("0005", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_column("customers", "last_name")'),
+        (
+            "0005",
+            "downgrade-drops-new-data",
+            "info",
+            "downgrade",
+            'op.drop_column("customers", "first_name")',
+        ),
+        ("0007", "drop-column", "error", "upgrade", 'op.drop_column("products", "legacy_code")'),
+        ("0008", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_column("orders", "notes")'),
+        ("0009", "drop-table", "error", "upgrade", 'op.drop_table("newsletter_signups")'),
+    ]
+
+
+def test_finding_to_dict() -> None:
+    finding = Finding("drop-table", "error", "v/r1.py", 7, 5, "r1", "upgrade", "drops t", "snapshot first")
+    assert finding.to_dict() == {
+        "rule": "drop-table",
+        "severity": "error",
+        "path": "v/r1.py",
+        "line": 7,
+        "column": 5,
+        "revision": "r1",
+        "direction": "upgrade",
+        "message": "drops t",
+        "hint": "snapshot first",
+    }
+
+
+# --- suppressions -------------------------------------------------------------------------------------
+
+
+def _finding(rule: str, line: int, path: str = "r.py") -> Finding:
+    return Finding(rule, "error", path, line, 5, "r1", "upgrade", "msg", "hint")
+
+
+SOURCE = """\
+def upgrade():
+    op.drop_table("a")  # dbrollback: ignore[drop-table] -- archived in table a_archive
+    # dbrollback: ignore[drop-column, rename-column] -- column unused since v2
+    op.drop_column("t", "c")
+    op.drop_table("b")  # dbrollback: ignore[drop-table]
+    op.drop_table("c")
+    # dbrollback: ignore[create-index-not-concurrently] -- table has 10 rows
+    x = "# dbrollback: ignore[drop-table] -- in a string, not a comment"
+"""
+
+
+def test_apply_suppressions_line_and_line_above() -> None:
+    findings = [
+        _finding("drop-table", 2),
+        _finding("drop-column", 4),
+        _finding("drop-table", 5),
+        _finding("drop-table", 6),
+        _finding("drop-table", 8),
+        _finding("drop-table", 2, path="other.py"),
+    ]
+    kept = apply_suppressions(findings, SOURCE, "r.py", revision="r1")
+    assert [(f.rule, f.line, f.path) for f in kept] == [
+        ("drop-table", 5, "r.py"),  # its ignore has no reason: not suppressed
+        ("drop-table", 6, "r.py"),
+        ("drop-table", 8, "r.py"),  # the "ignore" is inside a string literal
+        ("drop-table", 2, "other.py"),  # another file's finding
+        ("ignore-without-reason", 5, "r.py"),
+        ("unused-ignore", 7, "r.py"),
+    ]
+    without_reason = kept[4]
+    assert without_reason.severity == "warning" and without_reason.column == 25
+    assert without_reason.revision == "r1"
+    assert "# dbrollback: ignore[drop-table]" in without_reason.message
+
+
+def test_apply_suppressions_ignore_file() -> None:
+    source = "x = 1\n# dbrollback: ignore-file[drop-table] -- whole file reviewed by DBA\n"
+    kept = apply_suppressions([_finding("drop-table", 30), _finding("drop-column", 30)], source, "r.py")
+    assert [(f.rule, f.line) for f in kept] == [("drop-column", 30)]
+    unused = apply_suppressions([_finding("drop-column", 1)], source, "r.py")
+    assert [(f.rule, f.line, f.column) for f in unused] == [("drop-column", 1, 5), ("unused-ignore", 2, 1)]
+    no_reason = apply_suppressions(
+        [_finding("drop-table", 9)], "# dbrollback: ignore-file[drop-table]\n", "r.py"
+    )
+    assert [(f.rule, f.line) for f in no_reason] == [("drop-table", 9), ("ignore-without-reason", 1)]
+    assert apply_suppressions([], "x = 1\n", "r.py") == []
+
+
+def test_suppressions_in_a_real_revision(project: Project) -> None:
+    project.add_revision(
+        "r1",
+        None,
+        """
+        # dbrollback: ignore[drop-table] -- rows archived to cold storage in r0
+        op.drop_table("legacy")
+        op.drop_column("t", "c")  # dbrollback: ignore[drop-column]
+    """,
+        downgrade="raise NotImplementedError",
+        header="# dbrollback: ignore-file[missing-downgrade] -- irreversible by design, see ADR 12\n",
+    )
+    path = project.versions / "r1.py"
+    findings = lint_file(path)
+    assert [(f.rule, f.line) for f in findings] == [
+        ("drop-column", _line_of(path, "op.drop_column")),
+        ("ignore-without-reason", _line_of(path, "op.drop_column")),
+    ]
