@@ -326,8 +326,10 @@ def test_rule_case(project: Project, case: Case) -> None:
 
 
 def test_every_rule_has_cases_that_pass_and_fail() -> None:
+    from tests.test_lint_rules_more import MORE_CASES
+
     for rule in ALL_RULES:
-        cases = [c for c in CASES if c.rule == rule.id]
+        cases = [c for c in CASES + MORE_CASES if c.rule == rule.id]
         assert any(c.expect for c in cases), rule.id
         assert any(not c.expect for c in cases), rule.id
 
@@ -383,8 +385,37 @@ def test_shop_example_findings() -> None:
             "upgrade",
             'op.create_index("ix_orders_placed_at", "orders", ["placed_at"])',
         ),
+        (
+            "0003",
+            "drop-index-not-concurrently",
+            "error",
+            "downgrade",
+            'op.drop_index("ix_orders_placed_at", table_name="orders")',
+        ),
+        (
+            "0003",
+            "drop-index-not-concurrently",
+            "error",
+            "downgrade",
+            'op.drop_index("ix_orders_customer_id", table_name="orders")',
+        ),
         ("0004", "missing-downgrade", "error", "downgrade", "def downgrade() -> None:"),
+        ("0005", "unbatched-data-change", "error", "upgrade", "op.execute("),
         ("0005", "drop-column", "error", "upgrade", 'op.drop_column("customers", "full_name")'),
+        (
+            "0005",
+            "unbatched-data-change",
+            "error",
+            "downgrade",
+            "op.execute(\"UPDATE customers SET full_name = concat_ws(' ', first_name, last_name)\")",
+        ),
+        (
+            "0005",
+            "set-not-null",
+            "error",
+            "downgrade",
+            'op.alter_column("customers", "full_name", existing_type=sa.Text, nullable=False)',
+        ),
         ("0005", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_column("customers", "last_name")'),
         (
             "0005",
@@ -393,6 +424,8 @@ def test_shop_example_findings() -> None:
             "downgrade",
             'op.drop_column("customers", "first_name")',
         ),
+        ("0006", "change-column-type", "error", "upgrade", "op.alter_column("),
+        ("0006", "change-column-type", "error", "downgrade", "op.alter_column("),
         ("0007", "drop-column", "error", "upgrade", 'op.drop_column("products", "legacy_code")'),
         ("0008", "downgrade-drops-new-data", "info", "downgrade", 'op.drop_column("orders", "notes")'),
         ("0009", "drop-table", "error", "upgrade", 'op.drop_table("newsletter_signups")'),

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
 from dbrollback.lint.recorder import RecordedRevision
+from dbrollback.lint.rules.add_required_column import AddRequiredColumn
+from dbrollback.lint.rules.change_column_type import ChangeColumnType
 from dbrollback.lint.rules.concurrently_in_transaction import ConcurrentlyInTransaction
 from dbrollback.lint.rules.create_index_not_concurrently import CreateIndexNotConcurrently
 from dbrollback.lint.rules.downgrade_drops_new_data import DowngradeDropsNewData
 from dbrollback.lint.rules.drop_column import DropColumn
+from dbrollback.lint.rules.drop_index_not_concurrently import DropIndexNotConcurrently
+from dbrollback.lint.rules.drop_schema import DropSchema
 from dbrollback.lint.rules.drop_table import DropTable
+from dbrollback.lint.rules.enum_value_added import EnumValueAdded
 from dbrollback.lint.rules.missing_downgrade import MissingDowngrade
 from dbrollback.lint.rules.opaque_migration import OpaqueMigration
 from dbrollback.lint.rules.rename_column import RenameColumn
+from dbrollback.lint.rules.rename_table import RenameTable
+from dbrollback.lint.rules.set_not_null import SetNotNull
 from dbrollback.lint.rules.syntax_error import SyntaxErrorRule
+from dbrollback.lint.rules.truncate_table import TruncateTable
+from dbrollback.lint.rules.unbatched_data_change import UnbatchedDataChange
 
 __all__ = ["ALL_RULES", "RULES_BY_ID", "run_rules"]
 
@@ -26,6 +35,15 @@ ALL_RULES: tuple[Rule, ...] = (
     ConcurrentlyInTransaction(),
     RenameColumn(),
     SyntaxErrorRule(),
+    EnumValueAdded(),
+    DropSchema(),
+    TruncateTable(),
+    UnbatchedDataChange(),
+    AddRequiredColumn(),
+    SetNotNull(),
+    ChangeColumnType(),
+    DropIndexNotConcurrently(),
+    RenameTable(),
 )
 
 RULES_BY_ID: dict[str, Rule] = {rule.id: rule for rule in ALL_RULES}
