@@ -391,3 +391,18 @@ def test_messages_name_the_objects(project: Project) -> None:
         ("change-column-type", "changes the type of t.c to BIGINT, rewriting the table"),
         ("enum-value-added", "adds value 'meh' to enum type mood, which no downgrade can remove"),
     ]
+
+
+def test_every_rule_has_a_docs_page_saying_what_it_says() -> None:
+    from pathlib import Path
+
+    from dbrollback.lint.rules import ALL_RULES
+
+    docs = Path(__file__).parents[1] / "docs" / "rules"
+    index = (docs / "README.md").read_text()
+    for rule in ALL_RULES:
+        page = (docs / f"{rule.id}.md").read_text()
+        assert page.startswith(f"# `{rule.id}`"), rule.id
+        assert rule.problem[1:] in page and rule.safe_alternative[1:] in page, rule.id
+        assert f"**Default severity:** {rule.default_severity}" in page, rule.id
+        assert f"[`{rule.id}`]({rule.id}.md)" in index, rule.id
