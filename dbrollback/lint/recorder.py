@@ -350,6 +350,14 @@ def created_tables(ops: list[RecordedOp]) -> set[TableKey]:
     return tables
 
 
+def with_tables_created_before(ops: list[RecordedOp]) -> Iterator[tuple[RecordedOp, set[TableKey]]]:
+    """Each operation with the tables created by the operations before it (in one pass)."""
+    created: set[TableKey] = set()
+    for recorded in ops:
+        yield recorded, set(created)
+        created |= created_tables([recorded])
+
+
 def added_columns(ops: list[RecordedOp]) -> set[tuple[TableKey, str]]:
     """Columns these operations add (op.add_column, or ADD COLUMN in op.execute)."""
     columns: set[tuple[TableKey, str]] = set()

@@ -14,6 +14,7 @@ from dbrollback.lint.recorder import (
     created_tables,
     table_key,
     table_label,
+    with_tables_created_before,
 )
 
 # Constraints that give the new column a value in existing rows.
@@ -61,9 +62,9 @@ class AddRequiredColumn(Rule):
         for direction in ("upgrade", "downgrade"):
             ops = revision.function(direction).ops
             new = created_tables(revision.upgrade.ops) if direction == "downgrade" else set()
-            for index, recorded in enumerate(ops):
+            for recorded, created_before in with_tables_created_before(ops):
                 # A table created in this revision is empty: NOT NULL without default is fine there.
-                earlier = created_tables(ops[:index]) | new
+                earlier = created_before | new
                 columns = [(t, c) for t, c in _required_columns(recorded) if t not in earlier]
                 if columns:
                     names = ", ".join(f"{table_label(t)}.{c}" for t, c in columns)

@@ -6,7 +6,13 @@ from alembic.operations import ops as alembic_ops
 from pglast import ast as pg_ast
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
-from dbrollback.lint.recorder import RecordedRevision, TableKey, created_tables, table_key, table_label
+from dbrollback.lint.recorder import (
+    RecordedRevision,
+    TableKey,
+    table_key,
+    table_label,
+    with_tables_created_before,
+)
 
 
 class CreateIndexNotConcurrently(Rule):
@@ -22,9 +28,9 @@ class CreateIndexNotConcurrently(Rule):
         findings: list[Finding] = []
         for direction in ("upgrade", "downgrade"):
             ops = revision.function(direction).ops
-            for index, recorded in enumerate(ops):
+            for recorded, created_before in with_tables_created_before(ops):
                 # A table created earlier in the same revision is empty and unused: no lock matters.
-                earlier = created_tables(ops[:index])
+                earlier = created_before
                 tables: list[TableKey] = []
                 op = recorded.op
                 if isinstance(op, alembic_ops.CreateIndexOp) and not op.kw.get("postgresql_concurrently"):

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
-from dbrollback.lint.recorder import RecordedRevision, created_tables, dropped_tables, table_label
+from dbrollback.lint.recorder import (
+    RecordedRevision,
+    created_tables,
+    dropped_tables,
+    table_label,
+    with_tables_created_before,
+)
 
 
 class DropTable(Rule):
@@ -22,8 +28,8 @@ class DropTable(Rule):
             ops = revision.function(direction).ops
             # The downgrade dropping a table the upgrade created is downgrade-drops-new-data.
             new = created_tables(revision.upgrade.ops) if direction == "downgrade" else set()
-            for index, recorded in enumerate(ops):
-                earlier = created_tables(ops[:index])
+            for recorded, created_before in with_tables_created_before(ops):
+                earlier = created_before
                 tables = [t for t in dropped_tables(recorded) if t not in new and t not in earlier]
                 if tables:
                     names = ", ".join(table_label(t) for t in tables)

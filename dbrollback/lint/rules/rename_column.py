@@ -5,7 +5,12 @@ from __future__ import annotations
 from alembic.operations import ops as alembic_ops
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
-from dbrollback.lint.recorder import RecordedRevision, created_tables, table_key, table_label
+from dbrollback.lint.recorder import (
+    RecordedRevision,
+    table_key,
+    table_label,
+    with_tables_created_before,
+)
 
 
 class RenameColumn(Rule):
@@ -21,8 +26,8 @@ class RenameColumn(Rule):
         findings: list[Finding] = []
         for direction in ("upgrade", "downgrade"):
             ops = revision.function(direction).ops
-            for index, recorded in enumerate(ops):
-                earlier = created_tables(ops[:index])
+            for recorded, created_before in with_tables_created_before(ops):
+                earlier = created_before
                 renames: list[str] = []
                 op = recorded.op
                 if isinstance(op, alembic_ops.AlterColumnOp) and op.modify_name:

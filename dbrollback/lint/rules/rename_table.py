@@ -5,7 +5,12 @@ from __future__ import annotations
 from alembic.operations import ops as alembic_ops
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
-from dbrollback.lint.recorder import RecordedRevision, created_tables, table_key, table_label
+from dbrollback.lint.recorder import (
+    RecordedRevision,
+    table_key,
+    table_label,
+    with_tables_created_before,
+)
 
 
 class RenameTable(Rule):
@@ -22,9 +27,9 @@ class RenameTable(Rule):
         findings: list[Finding] = []
         for direction in ("upgrade", "downgrade"):
             ops = revision.function(direction).ops
-            for index, recorded in enumerate(ops):
+            for recorded, created_before in with_tables_created_before(ops):
                 # A table created earlier in the same function has no running readers yet.
-                earlier = created_tables(ops[:index])
+                earlier = created_before
                 renames: list[str] = []
                 op = recorded.op
                 if isinstance(op, alembic_ops.RenameTableOp):

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
-from dbrollback.lint.recorder import RecordedRevision, TableKey, created_tables, table_key, table_label
+from dbrollback.lint.recorder import (
+    RecordedRevision,
+    TableKey,
+    created_tables,
+    table_key,
+    table_label,
+    with_tables_created_before,
+)
 
 
 class TruncateTable(Rule):
@@ -20,8 +27,8 @@ class TruncateTable(Rule):
         for direction in ("upgrade", "downgrade"):
             ops = revision.function(direction).ops
             new = created_tables(revision.upgrade.ops) if direction == "downgrade" else set()
-            for index, recorded in enumerate(ops):
-                earlier = created_tables(ops[:index]) | new
+            for recorded, created_before in with_tables_created_before(ops):
+                earlier = created_before | new
                 tables: list[TableKey] = []
                 for effect in recorded.effects:
                     if effect.kind == "truncate" and effect.table is not None:

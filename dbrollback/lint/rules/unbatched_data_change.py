@@ -5,7 +5,13 @@ from __future__ import annotations
 from pglast import ast as pg_ast
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
-from dbrollback.lint.recorder import RecordedRevision, created_tables, table_key, table_label
+from dbrollback.lint.recorder import (
+    RecordedRevision,
+    created_tables,
+    table_key,
+    table_label,
+    with_tables_created_before,
+)
 
 
 class UnbatchedDataChange(Rule):
@@ -23,9 +29,9 @@ class UnbatchedDataChange(Rule):
         for direction in ("upgrade", "downgrade"):
             ops = revision.function(direction).ops
             new = created_tables(revision.upgrade.ops) if direction == "downgrade" else set()
-            for index, recorded in enumerate(ops):
+            for recorded, created_before in with_tables_created_before(ops):
                 # A table created in this revision holds no production rows yet.
-                earlier = created_tables(ops[:index]) | new
+                earlier = created_before | new
                 changes: list[str] = []
                 for statement in recorded.sql_statements:
                     if not isinstance(statement, (pg_ast.UpdateStmt, pg_ast.DeleteStmt)):
