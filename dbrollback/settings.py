@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import getpass
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dbrollback.durations import format_duration, parse_duration, parse_optional_duration
@@ -36,6 +37,18 @@ _PATH_FIELDS = ("alembic_config", "embedded_pgdata")
 
 
 SnapshotPolicy = Literal["lossy", "touched", "all", "never"]
+LintRuleSetting = Literal["error", "warning", "info", "off"]
+
+
+class LintSettings(BaseModel):
+    """``[tool.dbrollback.lint]`` (or ``[lint]`` in dbrollback.toml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pg_version: int = Field(14, ge=10, le=99, description="PostgreSQL major version the rules assume")
+    rules: dict[str, LintRuleSetting] = Field(
+        default_factory=dict, description="per-rule severity (error|warning|info) or off"
+    )
 
 
 class Settings(BaseSettings):
@@ -59,6 +72,8 @@ class Settings(BaseSettings):
     jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64,
                       description="parallel connections for snapshot reads")  # fmt: skip
 
+    lint: LintSettings = Field(default_factory=LintSettings, description="pg_version, per-rule severity")
+
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @classmethod
@@ -77,6 +92,17 @@ class Settings(BaseSettings):
     @classmethod
     def _optional_duration(cls, value: object) -> timedelta | None:
         return parse_optional_duration(value)
+
+    @field_validator("lint", mode="before")
+    @classmethod
+    def _lint_json(cls, value: object) -> object:
+        # DBROLLBACK_LINT='{"pg_version": 15, "rules": {"rename-column": "off"}}'
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('must be a JSON object such as {"pg_version": 15}') from None
+        return value
 
     @field_validator("database_url", mode="before")
     @classmethod

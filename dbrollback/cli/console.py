@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console as RichConsole
 from rich.table import Table
+from rich.text import Text
 
 from dbrollback.errors import DbrollbackError
 from dbrollback.urls import redact
@@ -44,6 +45,18 @@ class Console:
     def line(self, message: str = "", style: str | None = None) -> None:
         if not self.json_mode:
             self.out.print(message, markup=False, style=style)
+
+    def finding(self, location: str, severity: str, text: str, hint: str | None) -> None:
+        """One lint finding: ``location: severity text`` and an indented hint; coloured on a TTY."""
+        if self.json_mode:
+            return
+        style = {"error": "bold red", "warning": "yellow", "info": "cyan"}.get(severity)
+        line = Text(f"{location}: ")
+        line.append(severity, style=style)
+        line.append(f" {text}")
+        self.out.print(line)
+        if hint:
+            self.out.print(f"    hint: {hint}", markup=False, style="dim")
 
     def table(self, title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         if self.json_mode:

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from dbrollback.lint.graph import GraphEntry
     from dbrollback.lint.recorder import RecordedRevision
 
 __all__ = [
     "AXES",
     "Finding",
+    "GraphRule",
     "LintContext",
     "Rule",
     "Severity",
@@ -78,6 +80,27 @@ class Rule:
             message=message,
             hint=self.safe_alternative,
         )
+
+
+class GraphRule(Rule):
+    """A rule over the revision graph of a whole versions directory rather than one file."""
+
+    def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
+        return []
+
+    def check_graph(self, entries: list[GraphEntry]) -> list[Finding]:
+        raise NotImplementedError
+
+    def graph_finding(self, entry: GraphEntry, message: str) -> Finding:
+        return Finding(self.id, self.default_severity, str(entry.path), entry.line or 1, 1,
+                       entry.revision, "graph", message, self.safe_alternative)  # fmt: skip
+
+
+class MetaRule(Rule):
+    """A rule raised by the engine itself (suppression bookkeeping); listed for docs and config."""
+
+    def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
+        return []
 
 
 # --- suppressions ------------------------------------------------------------------------------------
