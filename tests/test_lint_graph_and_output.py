@@ -258,3 +258,21 @@ def test_text_output_has_location_severity_rule_and_hint(project: Project, cli) 
     assert first.startswith("migrations/versions/a1.py:") and ": error drop-column (upgrade): " in first
     assert result.out.splitlines()[1].startswith("    hint: ")
     assert "2 revision file(s)" in result.err
+
+
+def test_pre_commit_hook_definition_runs_lint_on_the_files_it_is_given(project: Project, cli) -> None:
+    import re
+
+    import yaml
+
+    (hook,) = yaml.safe_load((Path(__file__).parents[1] / ".pre-commit-hooks.yaml").read_text())
+    assert hook["id"] == "dbrollback-lint" and hook["language"] == "python"
+    command = hook["entry"].split()
+    assert command[0] == "dbrollback"
+    project.add_revision("a1", None, SAFE_UP, SAFE_DOWN)
+    project.add_revision("b1", "a1", 'op.drop_table("t")', "pass")
+    changed = project.versions / "b1.py"
+    assert re.search(hook["files"], changed.relative_to(project.root).as_posix())
+    assert not re.search(hook["files"], "migrations/env.py")
+    result = cli(*command[1:], str(changed), "--format", "json")
+    assert result.code == 1 and {Path(f["path"]).name for f in result.json} == {"b1.py"}
