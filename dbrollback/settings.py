@@ -72,7 +72,9 @@ class Settings(BaseSettings):
     jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64,
                       description="parallel connections for snapshot reads")  # fmt: skip
 
-    lint: LintSettings = Field(default_factory=LintSettings, description="pg_version, per-rule severity")
+    lint: LintSettings = Field(
+        default_factory=lambda: LintSettings.model_validate({}), description="pg_version, per-rule severity"
+    )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
