@@ -1,0 +1,49 @@
+"""add-primary-key: ADD PRIMARY KEY builds its index (and checks for NULLs) while the table is locked.
+
+``ALTER TABLE … ADD PRIMARY KEY (…)`` (``op.create_primary_key``, or ``PRIMARY KEY`` inline in
+``ADD COLUMN``) builds a unique index under an ACCESS EXCLUSIVE lock, and makes its columns NOT
+NULL, which scans the table unless they already are. ``PRIMARY KEY USING INDEX`` adopts an index
+built with ``CREATE UNIQUE INDEX CONCURRENTLY`` instead.
+"""
+
+from __future__ import annotations
+
+from pglast.enums import ConstrType
+
+from dbrollback.lint.findings import Finding, LintContext, Rule
+from dbrollback.lint.recorder import RecordedRevision, table_label, with_tables_created_before
+from dbrollback.lint.rules.add_unique_constraint import index_building_constraints
+
+
+class AddPrimaryKey(Rule):
+    id = "add-primary-key"
+    default_severity = "error"
+    axes = ("lock-rewrite",)
+    problem = (
+        "adding a PRIMARY KEY builds its index, and scans for NULLs unless the columns are NOT NULL, "
+        "under an ACCESS EXCLUSIVE lock that blocks reads and writes"
+    )
+    safe_alternative = (
+        "make the columns NOT NULL first (CHECK … NOT VALID, VALIDATE, SET NOT NULL), CREATE UNIQUE INDEX "
+        "CONCURRENTLY inside `with op.get_context().autocommit_block():`, then ALTER TABLE … ADD CONSTRAINT "
+        "… PRIMARY KEY USING INDEX"
+    )
+
+    def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
+        findings: list[Finding] = []
+        for direction in ("upgrade", "downgrade"):
+            for recorded, created_before in with_tables_created_before(revision.function(direction).ops):
+                # A table created earlier in the same function is empty: its index builds instantly.
+                keys = [
+                    f"{table_label(t)} {label}"
+                    for t, label in index_building_constraints(recorded, ConstrType.CONSTR_PRIMARY)
+                    if t not in created_before
+                ]
+                if keys:
+                    findings.append(self.finding(
+                        revision, recorded.line, direction,
+                        f"adds primary key {', '.join(keys)}, building its index under an ACCESS "
+                        "EXCLUSIVE lock",
+                        recorded.column,
+                    ))  # fmt: skip
+        return findings
