@@ -276,3 +276,21 @@ def test_pre_commit_hook_definition_runs_lint_on_the_files_it_is_given(project: 
     assert not re.search(hook["files"], "migrations/env.py")
     result = cli(*command[1:], str(changed), "--format", "json")
     assert result.code == 1 and {Path(f["path"]).name for f in result.json} == {"b1.py"}
+
+
+def test_many_files_lint_the_same_in_worker_processes_as_in_process(project: Project) -> None:
+    previous = None
+    for number in range(80):
+        revision = f"r{number:03d}"
+        if number % 3 == 0:
+            project.add_revision(revision, previous, f'op.drop_column("t", "c{number}")', "pass")
+        else:
+            project.add_revision(revision, previous, SAFE_UP.replace('"n"', f'"n{number}"'),
+                                 SAFE_DOWN.replace('"n"', f'"n{number}"'))  # fmt: skip
+        previous = revision
+    project.add_revision("fork", "r010", SAFE_UP, SAFE_DOWN)  # a second head: graph findings too
+    serial = lint([project.versions], jobs=1)
+    parallel = lint([project.versions], jobs=2)
+    assert len(serial.files) == 81 and serial.findings
+    assert {f.rule for f in serial.findings} >= {"drop-column", "missing-downgrade", "multiple-heads"}
+    assert parallel.findings == serial.findings and parallel.files == serial.files

@@ -3,7 +3,12 @@ and the project's per-rule configuration. :func:`lint` is what the CLI and scrip
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -97,65 +102,106 @@ def _read_source(path: Path) -> tuple[str | None, str | None]:
         return None, "not UTF-8 text"
 
 
-def lint(paths: list[Path], config: LintConfig | None = None, *, only: set[Path] | None = None) -> LintReport:
+@dataclass
+class _FileOutcome:
+    """What linting one file gave, as plain data (it crosses process boundaries)."""
+
+    path: str
+    skipped: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    source: str = ""
+    revision: str | None = None
+    graph: GraphEntry | None = None
+
+
+def _lint_file(path: Path, context: LintContext) -> _FileOutcome:
+    """Per-file rules of one file (suppressions are applied later, with the graph findings)."""
+    text, why = _read_source(path)
+    if text is None:
+        return _FileOutcome(str(path), skipped=why or "unreadable")
+    if _REVISION_ASSIGNMENT.search(text) is None:
+        try:
+            compile(text, str(path), "exec", dont_inherit=True)
+        except (SyntaxError, ValueError):
+            pass  # report the syntax error: it may well be a revision
+        else:
+            return _FileOutcome(str(path), skipped="not an Alembic revision (no module-level `revision =`)")
+    recorded = record_revision(path)
+    if recorded.syntax_error is None and not recorded.is_revision:
+        return _FileOutcome(str(path), skipped="not an Alembic revision (`revision` is not a string)")
+    graph = None
+    if isinstance(recorded.revision, str):
+        down = recorded.down_revision
+        parents = (down,) if isinstance(down, str) else tuple(down or ())
+        graph = GraphEntry(
+            recorded.path, recorded.revision, parents, recorded.branch_labels, recorded.revision_line or 1
+        )
+    return _FileOutcome(
+        str(recorded.path), None, run_rules(recorded, context), recorded.source, recorded.revision, graph
+    )
+
+
+# Below this many files a process pool costs more than it saves.
+_PARALLEL_FROM = 64
+
+
+def _lint_files(targets: list[Path], context: LintContext, jobs: int) -> list[_FileOutcome]:
+    """Lint files in worker processes when there are many and fork is available (Linux): recording
+    runs each revision under Alembic's module-global ``op`` proxy, so threads cannot share it."""
+    if jobs > 1 and len(targets) >= _PARALLEL_FROM and sys.platform.startswith("linux"):
+        try:
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+                chunk = max(8, len(targets) // (jobs * 8))
+                return list(pool.map(_lint_file, targets, [context] * len(targets), chunksize=chunk))
+        except BrokenProcessPool:
+            pass  # a revision killed its worker (os._exit at import?): lint in-process instead
+    return [_lint_file(path, context) for path in targets]
+
+
+def lint(paths: list[Path], config: LintConfig | None = None, *, only: set[Path] | None = None,
+         jobs: int | None = None) -> LintReport:  # fmt: skip
     """Lint the revision files under ``paths``.
 
     ``only`` restricts the files reported on (``--changed-since``); graph rules still read every
     revision of the directories concerned. Python files without a module-level ``revision =``
-    (helpers, ``__init__.py``) and unreadable or binary files are skipped with a reason.
+    (helpers, ``__init__.py``) and unreadable or binary files are skipped with a reason. ``jobs``:
+    worker processes for many files (default: the number of CPUs).
     """
     config = config or LintConfig()
     context = LintContext(pg_version=config.pg_version)
     targets = [p for p in revision_files(paths) if only is None or p in only]
-    per_file: dict[str, list[Finding]] = {}
-    sources: dict[str, tuple[str, str | None]] = {}
-    skipped: list[SkippedFile] = []
-    linted: list[str] = []
-    for path in targets:
-        text, why = _read_source(path)
-        if text is None:
-            skipped.append(SkippedFile(str(path), why or "unreadable"))
-            continue
-        looks_like_revision = _REVISION_ASSIGNMENT.search(text) is not None
-        if not looks_like_revision:
-            try:
-                compile(text, str(path), "exec", dont_inherit=True)
-            except (SyntaxError, ValueError):
-                looks_like_revision = True  # report the syntax error; it may well be a revision
-            else:
-                reason = "not an Alembic revision (no module-level `revision =`)"
-                skipped.append(SkippedFile(str(path), reason))
-                continue
-        recorded = record_revision(path)
-        if recorded.syntax_error is None and not recorded.is_revision:
-            skipped.append(SkippedFile(str(path), "not an Alembic revision (`revision` is not a string)"))
-            continue
-        linted.append(str(recorded.path))
-        per_file[str(recorded.path)] = run_rules(recorded, context)
-        sources[str(recorded.path)] = (recorded.source, recorded.revision)
+    outcomes = _lint_files(targets, context, jobs or os.cpu_count() or 1)
 
-    entries = _graph_entries(paths)
+    per_file: dict[str, _FileOutcome] = {}
+    skipped: list[SkippedFile] = []
+    for outcome in outcomes:
+        if outcome.skipped is not None:
+            skipped.append(SkippedFile(outcome.path, outcome.skipped))
+        else:
+            per_file[outcome.path] = outcome
+
+    known = {Path(o.path): o.graph for o in per_file.values() if o.graph is not None}
+    entries = _graph_entries(paths, known)
     for rule in ALL_RULES:
         if isinstance(rule, GraphRule):
             for finding in rule.check_graph(entries):
                 if finding.path in per_file:  # only on files being linted
-                    per_file[finding.path].append(finding)
+                    per_file[finding.path].findings.append(finding)
 
     findings: list[Finding] = []
-    for path_text, found in per_file.items():
-        source, revision = sources[path_text]
-        found.sort(key=lambda f: (f.line, f.column, f.rule))
-        for finding in apply_suppressions(found, source, path_text, revision):
+    for path_text, outcome in per_file.items():
+        outcome.findings.sort(key=lambda f: (f.line, f.column, f.rule))
+        for finding in apply_suppressions(outcome.findings, outcome.source, path_text, outcome.revision):
             configured = config.apply(finding)
             if configured is not None:
                 findings.append(configured)
-    return LintReport(findings, linted, skipped)
+    return LintReport(findings, list(per_file), skipped)
 
 
-def _graph_entries(paths: list[Path]) -> list[GraphEntry]:
+def _graph_entries(paths: list[Path], known: dict[Path, GraphEntry]) -> list[GraphEntry]:
     entries = []
     for path in _graph_universe(paths):
-        entry = read_graph_entry(path)
+        entry = known[path] if path in known else read_graph_entry(path)
         if entry is not None:
             entries.append(entry)
     return entries

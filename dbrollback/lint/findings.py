@@ -126,6 +126,8 @@ class Suppression:
 
 def parse_suppressions(source_text: str) -> list[Suppression]:
     """Every ``# dbrollback: ignore[...]`` / ``ignore-file[...]`` comment (comments only, not strings)."""
+    if "dbrollback:" not in source_text:
+        return []  # the common case; tokenizing every file costs ~10% of a lint run
     comments: list[tuple[int, int, str]] = []
     try:
         for token in tokenize.generate_tokens(io.StringIO(source_text).readline):

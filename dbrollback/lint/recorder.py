@@ -3,14 +3,15 @@
 :func:`record_revision` imports a revision file and runs its ``upgrade()`` and ``downgrade()`` under
 an *offline* Alembic context whose ``Operations.invoke`` is wrapped by a recorder: every Alembic
 operation object (``alembic.operations.ops.*``) is collected together with the line of the ``op.``
-call in the revision file. Nothing reaches a database; the offline context only renders SQL into a
-throw-away buffer. Revisions that raise under the recorder or use ``op.get_bind()`` are marked
-opaque: their effect cannot be known from the recording and is never guessed.
+call in the revision file. Nothing reaches a database: the offline context does not even render the
+SQL (its ``_exec`` discards it). Revisions that raise under the recorder or use ``op.get_bind()`` are
+marked opaque: their effect cannot be known from the recording and is never guessed.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 import io
 import itertools
@@ -20,7 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from alembic.operations import Operations
 from alembic.operations import ops as alembic_ops
 from alembic.runtime.migration import MigrationContext
 from pglast import ast as pg_ast
+from pglast.enums import ObjectType
 from sqlalchemy.dialects import postgresql
 
 from dbrollback.analysis.classify import StatementEffect, classify_sql
@@ -70,6 +72,19 @@ class RecordedOp:
         """What the raw SQL of an ``op.execute()`` does (see :func:`classify_sql`)."""
         return classify_sql(self.sql) if self.sql else []
 
+    @cached_property
+    def statements(self) -> list[pg_ast.Node]:
+        """The parsed SQL this operation sends: :attr:`sql_statements` for ``op.execute()``, the DDL
+        Alembic renders offline for the kinds in :data:`RENDERED_OPS`, else nothing."""
+        if isinstance(self.op, alembic_ops.ExecuteSQLOp):
+            return self.sql_statements
+        if not isinstance(self.op, RENDERED_OPS):
+            return []
+        try:
+            return [raw.stmt for raw in pglast.parse_sql(render_offline(self.op)) if raw.stmt is not None]
+        except Exception:
+            return []
+
 
 @dataclass
 class FunctionRecording:
@@ -101,6 +116,7 @@ class RecordedRevision:
     source: str
     revision: str | None = None
     down_revision: str | tuple[str, ...] | None = None
+    branch_labels: tuple[str, ...] = ()
     irreversible: str | None = None  # module-level `dbrollback_irreversible = "reason"`
     revision_line: int | None = None
     upgrade: FunctionRecording = field(default_factory=lambda: FunctionRecording(False))
@@ -139,7 +155,7 @@ def record_revision(path: Path) -> RecordedRevision:
 
     with _LOCK:
         try:
-            module = _import(path)
+            module = _import(path, source)
         except (Exception, SystemExit) as exc:
             recorded.syntax_error = f"the file does not import: {type(exc).__name__}: {exc}"
             recorded.syntax_error_line = _line_in_file(exc, path) or 1
@@ -148,6 +164,10 @@ def record_revision(path: Path) -> RecordedRevision:
         recorded.revision = revision if isinstance(revision, str) else None
         down = getattr(module, "down_revision", None)
         recorded.down_revision = tuple(down) if isinstance(down, (list, tuple)) else down
+        labels = getattr(module, "branch_labels", None)
+        labels = (labels,) if isinstance(labels, str) else labels
+        if isinstance(labels, (list, tuple)):
+            recorded.branch_labels = tuple(label for label in labels if isinstance(label, str))
         irreversible = getattr(module, "dbrollback_irreversible", None)
         recorded.irreversible = irreversible.strip() or None if isinstance(irreversible, str) else None
         for direction in ("upgrade", "downgrade"):
@@ -227,14 +247,16 @@ def _locate(lineno: int, calls: list[tuple[int, int, int]]) -> tuple[int, int]:
 # --- import and run ----------------------------------------------------------------------------------
 
 
-def _import(path: Path) -> Any:
+def _import(path: Path, source: str) -> Any:
     name = f"_dbrollback_lint_revision_{next(_COUNTER)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    # Not registered in sys.modules: linting must not leave revision modules behind.
-    spec.loader.exec_module(module)
+    # Not registered in sys.modules: linting must not leave revision modules behind. Compiled from the
+    # text already read rather than through the loader: no second read and no __pycache__ written
+    # into the user's versions directory. dont_inherit: this module's __future__ flags stay here.
+    exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
     return module
 
 
@@ -262,19 +284,37 @@ def _sql_text(sqltext: Any) -> str | None:
     if isinstance(sqltext, str):
         return sqltext
     if isinstance(sqltext, sa.sql.ClauseElement):
-        dialect = postgresql.dialect()
         try:
-            return str(sqltext.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+            return str(sqltext.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
         except Exception:
-            return str(sqltext.compile(dialect=dialect))
+            # Values without a literal renderer (e.g. Core update().values() on sa.column() of NullType):
+            # `$n` placeholders, unlike psycopg's `%(name)s`, are SQL that pglast parses.
+            return str(sqltext.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar")))
     return None
+
+
+_CONTEXT: list[MigrationContext] = []
+
+
+def _offline_context() -> MigrationContext:
+    """The one offline PostgreSQL context every recording shares (callers hold _LOCK).
+
+    Configuring a context for each function took a fifth of lint's time, and rendering the SQL of
+    each operation, which nothing reads, a sixth (benchmarks/lint_speed.py --profile): ``_exec``
+    discards it. Under ``as_sql`` it returned None anyway, so what an ``op.`` call returns to the
+    revision (e.g. create_table's Table) is unchanged."""
+    if not _CONTEXT:
+        context = MigrationContext.configure(
+            dialect_name="postgresql", opts={"as_sql": True, "output_buffer": io.StringIO()}
+        )
+        context.impl._exec = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        _CONTEXT.append(context)
+    return _CONTEXT[0]
 
 
 def _run(fn: Callable[[], Any], function: FunctionRecording, direction: Direction, path: Path,
          calls: list[tuple[int, int, int]]) -> None:  # fmt: skip
-    context = MigrationContext.configure(
-        dialect_name="postgresql", opts={"as_sql": True, "output_buffer": io.StringIO()}
-    )
+    context = _offline_context()
     autocommit = [0]
 
     def wrap_invoke(real: Any) -> Any:
@@ -397,3 +437,228 @@ def dropped_columns(recorded: RecordedOp) -> list[tuple[TableKey, str]]:
 
 def table_label(key: TableKey) -> str:
     return f"{key[0]}.{key[1]}" if key[0] else key[1]
+
+
+# Operations whose exact DDL the lock rules read: NOT VALID, USING INDEX, serial / identity columns,
+# inline and separate constraints of add_column. Only these are rendered (about 0.15 ms each).
+RENDERED_OPS: tuple[type[alembic_ops.MigrateOperation], ...] = (
+    alembic_ops.AddColumnOp,
+    alembic_ops.CreateForeignKeyOp,
+    alembic_ops.CreateCheckConstraintOp,
+    alembic_ops.CreateUniqueConstraintOp,
+    alembic_ops.CreatePrimaryKeyOp,
+)
+
+_RENDERER = threading.local()
+
+
+def render_offline(operation: alembic_ops.MigrateOperation) -> str:
+    """The SQL Alembic would send for ``operation`` on PostgreSQL (offline: nothing is executed)."""
+    if isinstance(operation, alembic_ops.AddColumnOp) and operation.column.table is not None:
+        # The recording attached the column to a table. Alembic would render a copy, and
+        # Column._copy drops foreign keys already bound to a table: render a copy that keeps them.
+        column = operation.column._copy()
+        for foreign_key in operation.column.foreign_keys:
+            if foreign_key.constraint is not None:
+                column.append_foreign_key(foreign_key._copy())
+        operation = copy.copy(operation)
+        operation.column = column
+    renderer: tuple[io.StringIO, Operations] | None = getattr(_RENDERER, "value", None)
+    if renderer is None:
+        # One context per thread: configuring one costs as much as rendering an operation.
+        buffer = io.StringIO()
+        context = MigrationContext.configure(
+            dialect_name="postgresql", opts={"as_sql": True, "output_buffer": buffer}
+        )
+        renderer = _RENDERER.value = (buffer, Operations(context))
+    buffer, operations = renderer
+    buffer.seek(0)
+    buffer.truncate()
+    operations.invoke(operation)
+    return buffer.getvalue()
+
+
+def alter_table_commands(recorded: RecordedOp) -> Iterator[tuple[TableKey, pg_ast.AlterTableCmd]]:
+    """Each ``ALTER TABLE`` subcommand of :attr:`RecordedOp.statements`, with its table."""
+    for statement in recorded.statements:
+        if not isinstance(statement, pg_ast.AlterTableStmt) or statement.relation is None:
+            continue
+        if statement.objtype != ObjectType.OBJECT_TABLE:
+            continue
+        key = table_key(statement.relation.schemaname, statement.relation.relname or "")
+        for cmd in statement.cmds or ():
+            if isinstance(cmd, pg_ast.AlterTableCmd):
+                yield key, cmd
+
+
+# --- column types and row changes (downgrade-aware rules) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class PgType:
+    """A column type spelled one way whether it came from SQLAlchemy or from SQL text: PostgreSQL's
+    parser resolves the aliases (``INTEGER``/``int``/``int4`` are all ``int4``)."""
+
+    name: str
+    modifiers: tuple[str, ...] = ()
+    array_dimensions: int = 0
+    collation: str | None = None
+
+    def __str__(self) -> str:
+        text = self.name + (f"({','.join(self.modifiers)})" if self.modifiers else "")
+        text += "[]" * self.array_dimensions
+        return f'{text} COLLATE "{self.collation}"' if self.collation else text
+
+
+def pg_type(type_: Any, collation: str | None = None) -> PgType | None:
+    """The :class:`PgType` of a SQLAlchemy type (class or instance) or a pglast ``TypeName``;
+    None when it cannot be compiled for PostgreSQL (e.g. an Enum without a name)."""
+    if isinstance(type_, pg_ast.TypeName):
+        return _pg_type_of_node(type_, collation)
+    try:
+        return _pg_type_of_text(str(sa.types.to_instance(type_).compile(dialect=_PG_DIALECT)))
+    except Exception:
+        return None
+
+
+_PG_DIALECT = postgresql.dialect()
+
+
+@lru_cache(maxsize=1024)
+def _pg_type_of_text(text: str) -> PgType | None:
+    # Cached: the rules ask for the same few type spellings many times per revision.
+    try:
+        statement: Any = pglast.parse_sql(f"SELECT NULL::{text}")[0].stmt
+        value = statement.targetList[0].val
+    except Exception:
+        return None
+    collation = None
+    if isinstance(value, pg_ast.CollateClause):
+        collation = _dotted(value.collname)
+        value = value.arg
+    if not isinstance(value, pg_ast.TypeCast) or value.typeName is None:
+        return None
+    return _pg_type_of_node(value.typeName, collation)
+
+
+def _pg_type_of_node(node: pg_ast.TypeName, collation: str | None) -> PgType:
+    names = [part.sval or "" for part in node.names or () if isinstance(part, pg_ast.String)]
+    if len(names) > 1 and names[0] in ("pg_catalog", "public"):
+        names = names[1:]
+    modifiers = tuple(_type_modifier(m) for m in node.typmods or ())
+    return PgType(".".join(names), modifiers, len(node.arrayBounds or ()), collation)
+
+
+def _dotted(names: Any) -> str:
+    return ".".join(part.sval or "" for part in names or () if isinstance(part, pg_ast.String))
+
+
+def _type_modifier(node: Any) -> str:
+    value = getattr(node, "val", None)
+    if isinstance(value, pg_ast.Integer):
+        return str(value.ival)
+    if isinstance(value, (pg_ast.Float, pg_ast.String)):
+        return str(getattr(value, "fval", None) or getattr(value, "sval", ""))
+    return _deparse(node)
+
+
+def _deparse(node: Any) -> str:
+    from pglast.stream import RawStream
+
+    try:
+        return str(RawStream()(node))
+    except Exception:
+        return "?"
+
+
+@dataclass(frozen=True)
+class TypeChange:
+    """A column type change: ``old`` is the ``existing_type`` the revision states (raw SQL never
+    states it), ``using`` the USING expression as SQL text."""
+
+    table: TableKey
+    column: str
+    new: PgType | None
+    old: PgType | None
+    using: str | None
+
+
+def type_changes(recorded: RecordedOp) -> list[TypeChange]:
+    """Type changes of one operation (op.alter_column(type_=...), or ALTER COLUMN ... TYPE in SQL)."""
+    from pglast.enums import AlterTableType
+
+    op = recorded.op
+    if isinstance(op, alembic_ops.AlterColumnOp) and op.modify_type is not None:
+        old = pg_type(op.existing_type) if op.existing_type is not None else None
+        using = op.kw.get("postgresql_using")
+        change = TypeChange(
+            table_key(op.schema, op.table_name), op.column_name, pg_type(op.modify_type), old,
+            str(using) if using is not None else None,
+        )  # fmt: skip
+        return [change]
+    changes: list[TypeChange] = []
+    for statement in recorded.sql_statements:
+        if not isinstance(statement, pg_ast.AlterTableStmt) or statement.relation is None:
+            continue
+        key = table_key(statement.relation.schemaname, statement.relation.relname or "")
+        for cmd in statement.cmds or ():
+            definition = getattr(cmd, "def_", None)
+            if cmd.subtype != AlterTableType.AT_AlterColumnType:
+                continue
+            if not isinstance(definition, pg_ast.ColumnDef):
+                continue
+            collation = _dotted(definition.collClause.collname) if definition.collClause else None
+            new = pg_type(definition.typeName, collation) if definition.typeName is not None else None
+            using = _deparse(definition.raw_default) if definition.raw_default is not None else None
+            changes.append(TypeChange(key, cmd.name or "", new, None, using))
+    return changes
+
+
+_ROW_CHANGES: dict[type[pg_ast.Node], str] = {
+    pg_ast.UpdateStmt: "update",
+    pg_ast.DeleteStmt: "delete",
+    pg_ast.InsertStmt: "insert",
+    pg_ast.MergeStmt: "merge",
+}
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """Rows one statement writes: ``kind`` is update | delete | insert | merge; ``columns`` the
+    columns an UPDATE sets or an INSERT lists (empty: all, or not known)."""
+
+    kind: str
+    table: TableKey
+    columns: tuple[str, ...]
+
+
+def row_changes(recorded: RecordedOp) -> list[RowChange]:
+    """UPDATE / DELETE / INSERT / MERGE of one operation, including data-modifying WITH clauses:
+    raw SQL, SQLAlchemy Core statements given to op.execute (compiled by the recorder), and
+    op.bulk_insert."""
+    op = recorded.op
+    if isinstance(op, alembic_ops.BulkInsertOp):
+        table = op.table
+        columns = tuple(str(column.name) for column in getattr(table, "columns", ()))
+        return [RowChange("insert", table_key(getattr(table, "schema", None), str(table.name)), columns)]
+    changes: list[RowChange] = []
+    for statement in recorded.sql_statements:
+        for node in _nodes(statement):
+            kind = _ROW_CHANGES.get(type(node))
+            relation = getattr(node, "relation", None)
+            if kind is None or not isinstance(relation, pg_ast.RangeVar):
+                continue
+            targets = getattr(node, {"update": "targetList", "insert": "cols"}.get(kind, ""), None)
+            columns = tuple(t.name for t in targets or () if isinstance(t, pg_ast.ResTarget) and t.name)
+            changes.append(RowChange(kind, table_key(relation.schemaname, relation.relname or ""), columns))
+    return changes
+
+
+def _nodes(value: Any) -> Iterator[pg_ast.Node]:
+    if isinstance(value, pg_ast.Node):
+        yield value
+        for attribute in value:
+            yield from _nodes(getattr(value, attribute))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _nodes(item)
