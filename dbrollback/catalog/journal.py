@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
-import shlex
 import socket
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -17,24 +15,11 @@ from psycopg.rows import dict_row
 from dbrollback import __version__
 from dbrollback.catalog.lock import try_lock, unlock
 from dbrollback.catalog.schema import catalog_exists
+from dbrollback.invocation import command_line
 from dbrollback.urls import redact
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
-
-_command_line: list[str] | None = None
-
-
-def set_command_line(args: list[str]) -> None:
-    """The CLI records the command it is running; library callers default to sys.argv."""
-    global _command_line
-    _command_line = list(args)
-
-
-def command_line() -> str:
-    args = _command_line or [os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]]
-    return redact(shlex.join(args))
-
 
 def os_user() -> str:
     try:

@@ -34,6 +34,7 @@ def cli() -> None:
 
 def _register() -> None:
     from dbrollback.cli import (
+        check_cmd,
         config_cmd,
         db_cmd,
         demo_cmd,
@@ -53,6 +54,7 @@ def _register() -> None:
         snapshot_cmd,
         restore_cmd,
         lint_cmd,
+        check_cmd,
         config_cmd,
         db_cmd,
         init_cmd,
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None, state: AppState) -> int:
     """Run the CLI and map every outcome to the exit-code contract."""
-    from dbrollback.catalog.journal import set_command_line
+    from dbrollback.invocation import set_command_line
 
     set_command_line(["dbrollback", *(sys.argv[1:] if argv is None else argv)])
     try:
