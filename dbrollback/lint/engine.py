@@ -126,7 +126,7 @@ def _lint_file(path: Path, context: LintContext) -> _FileOutcome:
             pass  # report the syntax error: it may well be a revision
         else:
             return _FileOutcome(str(path), skipped="not an Alembic revision (no module-level `revision =`)")
-    recorded = record_revision(path)
+    recorded = record_revision(path, text)
     if recorded.syntax_error is None and not recorded.is_revision:
         return _FileOutcome(str(path), skipped="not an Alembic revision (`revision` is not a string)")
     graph = None

@@ -136,13 +136,16 @@ class RecordedRevision:
         return self.upgrade.ops + self.downgrade.ops
 
 
-def record_revision(path: Path) -> RecordedRevision:
-    """Import the revision file at ``path`` and record its upgrade and downgrade operations."""
+def record_revision(path: Path, source: str | None = None) -> RecordedRevision:
+    """Import the revision file at ``path`` and record its upgrade and downgrade operations.
+
+    ``source``: the file's text when the caller has already read it."""
     path = Path(path).resolve()
-    try:
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return RecordedRevision(path, "", syntax_error=f"cannot read the file: {exc}", syntax_error_line=1)
+    if source is None:
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return RecordedRevision(path, "", syntax_error=f"cannot read the file: {exc}", syntax_error_line=1)
     recorded = RecordedRevision(path, source)
     try:
         tree = ast.parse(source, filename=str(path))
@@ -155,7 +158,7 @@ def record_revision(path: Path) -> RecordedRevision:
 
     with _LOCK:
         try:
-            module = _import(path, source)
+            module = _import(path, tree)
         except (Exception, SystemExit) as exc:
             recorded.syntax_error = f"the file does not import: {type(exc).__name__}: {exc}"
             recorded.syntax_error_line = _line_in_file(exc, path) or 1
@@ -247,16 +250,17 @@ def _locate(lineno: int, calls: list[tuple[int, int, int]]) -> tuple[int, int]:
 # --- import and run ----------------------------------------------------------------------------------
 
 
-def _import(path: Path, source: str) -> Any:
+def _import(path: Path, tree: ast.Module) -> Any:
     name = f"_dbrollback_lint_revision_{next(_COUNTER)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     # Not registered in sys.modules: linting must not leave revision modules behind. Compiled from the
-    # text already read rather than through the loader: no second read and no __pycache__ written
-    # into the user's versions directory. dont_inherit: this module's __future__ flags stay here.
-    exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
+    # tree already parsed rather than through the loader: no second read or parse, and no
+    # __pycache__ written into the user's versions directory. dont_inherit: this module's
+    # __future__ flags stay here.
+    exec(compile(tree, str(path), "exec", dont_inherit=True), module.__dict__)
     return module
 
 
