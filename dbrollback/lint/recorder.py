@@ -145,7 +145,8 @@ def record_revision(path: Path, source: str | None = None) -> RecordedRevision:
         try:
             source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            return RecordedRevision(path, "", syntax_error=f"cannot read the file: {exc}", syntax_error_line=1)
+            problem = f"cannot read the file: {exc}"
+            return RecordedRevision(path, "", syntax_error=problem, syntax_error_line=1)
     recorded = RecordedRevision(path, source)
     try:
         tree = ast.parse(source, filename=str(path))
