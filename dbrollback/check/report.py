@@ -1,0 +1,93 @@
+"""`check` results as text lines and as GitHub workflow annotations (JSON is CheckResult.to_dict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dbrollback.check.result import CheckResult, RevisionCheck
+
+__all__ = ["display_path", "github_annotations", "summary_line", "text_lines"]
+
+_INDENT = "    "
+
+
+def display_path(path: str, base: Path | None = None) -> str:
+    """Relative to ``base`` (default: the current directory) when below it; CI tools want that."""
+    base = (base or Path.cwd()).resolve()
+    try:
+        return Path(path).resolve().relative_to(base).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def _verdict(check: RevisionCheck) -> str:
+    return (f"upgrade {check.upgrade} · downgrade {check.downgrade} · schema {check.schema_roundtrip} · "
+            f"data {check.data_roundtrip} · upgrade again {check.reupgrade}")  # fmt: skip
+
+
+def details(check: RevisionCheck) -> list[str]:
+    """One line per problem found (schema differences may span several lines)."""
+    lines = [f"schema: {d.message}" for d in check.schema_differences]
+    lines += [f"data: {item.message}" for item in check.lost]
+    lines += [f"error: {e}" for e in check.errors]
+    return lines
+
+
+def summary_line(result: CheckResult) -> str:
+    counts = result.counts()
+    return f"{counts['ok']} ok, {counts['failed']} failed, {counts['not_checked']} not checked"
+
+
+def text_lines(result: CheckResult, base: Path | None = None) -> list[tuple[str, str | None]]:
+    """(line, style) pairs: a header, a block per revision, and a summary."""
+    out: list[tuple[str, str | None]] = []
+    if not result.revisions:
+        return [("No revisions to check.", None)]
+    out.append((f"Checked on {result.database}; {result.rows} generated rows per table (seed {result.seed}).",
+                None))  # fmt: skip
+    for check in result.revisions:
+        where = f" ({display_path(check.path, base)}:{check.line})" if check.path else ""
+        if check.status == "not_checked":
+            out.append((f"NOT CHECKED {check.revision}{where}: {check.not_checked}", "yellow"))
+            continue
+        label, style = ("ok", "green") if check.status == "ok" else ("FAILED", "bold red")
+        out.append((f"{label} {check.revision}{where}: {_verdict(check)}", style))
+        for line in details(check):
+            out.extend((_INDENT + part, None) for part in line.splitlines())
+        out.extend((f"{_INDENT}note: {note}", "dim") for note in check.notes)
+    out.extend((f"note: {note}", "dim") for note in result.notes)
+    out.append((summary_line(result), "green" if result.ok else "bold red"))
+    return out
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotations(result: CheckResult, base: Path | None = None) -> list[str]:
+    """``::error file=…,line=…::message`` for each revision that failed or was not checked, at its
+    ``revision =`` line; seeding notes as ``::notice``."""
+    lines = []
+    for check in result.revisions:
+        properties = []
+        if check.path:
+            properties += [
+                f"file={_escape_property(display_path(check.path, base))}",
+                f"line={check.line or 1}",
+            ]
+        if check.status != "ok":
+            title = f"dbrollback check: {check.revision} {check.status.replace('_', ' ')}"
+            body = [check.not_checked] if check.not_checked else [_verdict(check), *details(check)]
+            props = ",".join([*properties, f"title={_escape_property(title)}"])
+            lines.append(f"::error {props}::{_escape_data(chr(10).join(b for b in body if b))}")
+        for note in check.notes:
+            props = ",".join(
+                [*properties, f"title={_escape_property(f'dbrollback check: {check.revision}')}"]
+            )
+            lines.append(f"::notice {props}::{_escape_data(note)}")
+    lines.extend(f"::notice title=dbrollback check::{_escape_data(note)}" for note in result.notes)
+    return lines
