@@ -21,7 +21,8 @@ import pglast
 from pglast import ast
 from pglast.enums import AlterTableType, ConstrType, DropBehavior, ObjectType, OnConflictAction
 from pglast.parser import ParseError
-from pglast.stream import RawStream
+
+from dbrollback.analysis.pg_tree import deparse, walk_nodes
 
 __all__ = ["StatementEffect", "TableRef", "classify_sql"]
 
@@ -215,9 +216,9 @@ def _alter_table_cmd(sql: str, table: TableRef, cmd: ast.AlterTableCmd) -> State
         using = ""
         if isinstance(column_def, ast.ColumnDef):
             if column_def.typeName is not None:
-                new_type = f" to {_deparse(column_def.typeName)}"
+                new_type = f" to {deparse(column_def.typeName)}"
             if column_def.raw_default is not None:
-                using = f" USING {_deparse(column_def.raw_default)}"
+                using = f" USING {deparse(column_def.raw_default)}"
         reason = f"changes the type of column {table}.{name}{new_type}{using}, rewriting its data"
         if using:
             reason += " (the USING expression may lose information)"
@@ -438,7 +439,7 @@ def _names(obj: Any) -> list[str]:
         return [_sval(obj)]
     if isinstance(obj, (list, tuple)):
         return [_sval(part) for part in obj if isinstance(part, ast.String)]
-    return [_deparse(obj)]
+    return [deparse(obj)]
 
 
 def _target_names(targets: Any) -> tuple[str, ...]:
@@ -454,20 +455,9 @@ def _column_list(table: TableRef, columns: tuple[str, ...]) -> str:
     return f"{label} " + ", ".join(f"{table}.{c}" for c in columns)
 
 
-def _walk(value: Any) -> Iterator[ast.Node]:
-    """Every AST node in ``value`` (a node, or a sequence of nodes), depth first, itself included."""
-    if isinstance(value, ast.Node):
-        yield value
-        for attribute in value:
-            yield from _walk(getattr(value, attribute))
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _walk(item)
-
-
 def _unknown_functions(stmt: ast.Node) -> list[str]:
     unknown: list[str] = []
-    for node in _walk(stmt):
+    for node in walk_nodes(stmt):
         if not isinstance(node, ast.FuncCall):
             continue
         parts = [_sval(p) for p in node.funcname or () if isinstance(p, ast.String)]
@@ -484,14 +474,7 @@ def _unknown_functions(stmt: ast.Node) -> list[str]:
 
 
 def _has_nested_dml(stmt: ast.Node, top: ast.Node) -> bool:
-    return any(isinstance(node, _DML_CHILDREN) and node is not top for node in _walk(stmt))
-
-
-def _deparse(node: Any) -> str:
-    try:
-        return str(RawStream()(node))
-    except Exception:  # pragma: no cover - deparsing is best effort, only used for messages
-        return "?"
+    return any(isinstance(node, _DML_CHILDREN) and node is not top for node in walk_nodes(stmt))
 
 
 def _object_type_name(object_type: Any) -> str:

@@ -12,7 +12,7 @@ changes in any way; ``all`` — every user table once, before the first revision
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,6 +32,7 @@ from dbrollback.analysis.migration_sql import (
     RevisionSQL,
     capture_revision_sql,
 )
+from dbrollback.analysis.pg_tree import walk_nodes
 from dbrollback.database import Database, connect, resolve_database
 from dbrollback.errors import ConfigError
 from dbrollback.settings import Settings
@@ -604,23 +605,13 @@ def _called_functions(statement: str) -> set[tuple[str | None, str]] | None:
         if not isinstance(stmt, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt,
                                  ast.CreateTableAsStmt)):  # fmt: skip
             return None
-        for node in _walk(stmt):
+        for node in walk_nodes(stmt):
             if isinstance(node, ast.FuncCall):
                 parts = [p.sval or "" for p in node.funcname or () if isinstance(p, ast.String)]
                 if not parts:
                     return None
                 found.add((parts[-2] if len(parts) > 1 else None, parts[-1]))
     return found
-
-
-def _walk(value: Any) -> Iterator[ast.Node]:
-    if isinstance(value, ast.Node):
-        yield value
-        for attribute in value:
-            yield from _walk(getattr(value, attribute))
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _walk(item)
 
 
 # -- tables through the run ---------------------------------------------------------------------

@@ -5,19 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dbrollback.check.result import CheckResult, RevisionCheck
+from dbrollback.ci_output import display_path, escape_data, escape_property
 
-__all__ = ["display_path", "github_annotations", "summary_line", "text_lines"]
+__all__ = ["github_annotations", "summary_line", "text_lines"]
 
 _INDENT = "    "
-
-
-def display_path(path: str, base: Path | None = None) -> str:
-    """Relative to ``base`` (default: the current directory) when below it; CI tools want that."""
-    base = (base or Path.cwd()).resolve()
-    try:
-        return Path(path).resolve().relative_to(base).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
 
 
 def _verdict(check: RevisionCheck) -> str:
@@ -60,14 +52,6 @@ def text_lines(result: CheckResult, base: Path | None = None) -> list[tuple[str,
     return out
 
 
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
 def github_annotations(result: CheckResult, base: Path | None = None) -> list[str]:
     """``::error file=…,line=…::message`` for each revision that failed or was not checked, at its
     ``revision =`` line; seeding notes as ``::notice``."""
@@ -76,18 +60,16 @@ def github_annotations(result: CheckResult, base: Path | None = None) -> list[st
         properties = []
         if check.path:
             properties += [
-                f"file={_escape_property(display_path(check.path, base))}",
+                f"file={escape_property(display_path(check.path, base))}",
                 f"line={check.line or 1}",
             ]
         if check.status != "ok":
             title = f"dbrollback check: {check.revision} {check.status.replace('_', ' ')}"
             body = [check.not_checked] if check.not_checked else [_verdict(check), *details(check)]
-            props = ",".join([*properties, f"title={_escape_property(title)}"])
-            lines.append(f"::error {props}::{_escape_data(chr(10).join(b for b in body if b))}")
+            props = ",".join([*properties, f"title={escape_property(title)}"])
+            lines.append(f"::error {props}::{escape_data(chr(10).join(b for b in body if b))}")
         for note in check.notes:
-            props = ",".join(
-                [*properties, f"title={_escape_property(f'dbrollback check: {check.revision}')}"]
-            )
-            lines.append(f"::notice {props}::{_escape_data(note)}")
-    lines.extend(f"::notice title=dbrollback check::{_escape_data(note)}" for note in result.notes)
+            props = ",".join([*properties, f"title={escape_property(f'dbrollback check: {check.revision}')}"])
+            lines.append(f"::notice {props}::{escape_data(note)}")
+    lines.extend(f"::notice title=dbrollback check::{escape_data(note)}" for note in result.notes)
     return lines

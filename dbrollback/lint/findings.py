@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import re
 import tokenize
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     from dbrollback.lint.graph import GraphEntry
-    from dbrollback.lint.recorder import RecordedRevision
+    from dbrollback.lint.recorder import RecordedOp, RecordedRevision, TableKey
 
 __all__ = [
     "AXES",
@@ -80,6 +81,41 @@ class Rule:
             message=message,
             hint=self.safe_alternative,
         )
+
+    def findings_per_operation(
+        self,
+        revision: RecordedRevision,
+        message: Callable[[RecordedOp, set[TableKey]], str | None],
+        *,
+        include_upgrade_tables: bool = False,
+    ) -> list[Finding]:
+        """A finding at each operation of upgrade() then downgrade() for which ``message`` returns
+        text. ``message`` also gets the tables created before the operation in the same function:
+        such a table is empty and unused, so what would lock or rewrite an existing one costs nothing.
+        ``include_upgrade_tables``: in downgrade(), the tables upgrade() created count as well (they
+        hold only rows written since this revision)."""
+        from dbrollback.lint.recorder import created_tables, with_tables_created_before
+
+        upgrade_tables = created_tables(revision.upgrade.ops) if include_upgrade_tables else set()
+        findings: list[Finding] = []
+        for direction in ("upgrade", "downgrade"):
+            for recorded, created_before in with_tables_created_before(revision.function(direction).ops):
+                if direction == "downgrade":
+                    created_before = created_before | upgrade_tables
+                text = message(recorded, created_before)
+                if text is not None:
+                    findings.append(self.finding(revision, recorded.line, direction, text, recorded.column))
+        return findings
+
+    def data_loss_finding(self, revision: RecordedRevision, recorded: RecordedOp, message: str) -> Finding:
+        """The finding for an upgrade operation whose data rolling back cannot bring back. A revision
+        declared irreversible (``dbrollback_irreversible``) has accepted that: then it is only an info,
+        saying why, that rollback needs the snapshot."""
+        finding = self.finding(revision, recorded.line, "upgrade", message, recorded.column)
+        if revision.irreversible:
+            message = f"declared irreversible ({revision.irreversible}): {message}"
+            finding = replace(finding, severity="info", message=message)
+        return finding
 
 
 class GraphRule(Rule):

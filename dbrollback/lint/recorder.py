@@ -35,6 +35,7 @@ from pglast.enums import ObjectType
 from sqlalchemy.dialects import postgresql
 
 from dbrollback.analysis.classify import StatementEffect, classify_sql
+from dbrollback.analysis.pg_tree import deparse, walk_nodes
 
 __all__ = ["FunctionRecording", "RecordedOp", "RecordedRevision", "record_revision"]
 
@@ -485,10 +486,23 @@ def render_offline(operation: alembic_ops.MigrateOperation) -> str:
 
 def alter_table_commands(recorded: RecordedOp) -> Iterator[tuple[TableKey, pg_ast.AlterTableCmd]]:
     """Each ``ALTER TABLE`` subcommand of :attr:`RecordedOp.statements`, with its table."""
-    for statement in recorded.statements:
+    return _alter_commands(recorded.statements, ObjectType.OBJECT_TABLE)
+
+
+def sql_alter_table_commands(recorded: RecordedOp) -> Iterator[tuple[TableKey, pg_ast.AlterTableCmd]]:
+    """Each subcommand of the ``ALTER TABLE`` statements in the SQL of ``op.execute()``
+    (:attr:`RecordedOp.sql_statements`), with the relation it names. PostgreSQL parses ALTER INDEX /
+    VIEW / SEQUENCE / TYPE into the same statement; those are not told apart here."""
+    return _alter_commands(recorded.sql_statements, None)
+
+
+def _alter_commands(
+    statements: list[pg_ast.Node], object_type: ObjectType | None
+) -> Iterator[tuple[TableKey, pg_ast.AlterTableCmd]]:
+    for statement in statements:
         if not isinstance(statement, pg_ast.AlterTableStmt) or statement.relation is None:
             continue
-        if statement.objtype != ObjectType.OBJECT_TABLE:
+        if object_type is not None and statement.objtype != object_type:
             continue
         key = table_key(statement.relation.schemaname, statement.relation.relname or "")
         for cmd in statement.cmds or ():
@@ -564,16 +578,7 @@ def _type_modifier(node: Any) -> str:
         return str(value.ival)
     if isinstance(value, (pg_ast.Float, pg_ast.String)):
         return str(getattr(value, "fval", None) or getattr(value, "sval", ""))
-    return _deparse(node)
-
-
-def _deparse(node: Any) -> str:
-    from pglast.stream import RawStream
-
-    try:
-        return str(RawStream()(node))
-    except Exception:
-        return "?"
+    return deparse(node)
 
 
 @dataclass(frozen=True)
@@ -602,20 +607,14 @@ def type_changes(recorded: RecordedOp) -> list[TypeChange]:
         )  # fmt: skip
         return [change]
     changes: list[TypeChange] = []
-    for statement in recorded.sql_statements:
-        if not isinstance(statement, pg_ast.AlterTableStmt) or statement.relation is None:
+    for key, cmd in sql_alter_table_commands(recorded):
+        definition = cmd.def_
+        if cmd.subtype != AlterTableType.AT_AlterColumnType or not isinstance(definition, pg_ast.ColumnDef):
             continue
-        key = table_key(statement.relation.schemaname, statement.relation.relname or "")
-        for cmd in statement.cmds or ():
-            definition = getattr(cmd, "def_", None)
-            if cmd.subtype != AlterTableType.AT_AlterColumnType:
-                continue
-            if not isinstance(definition, pg_ast.ColumnDef):
-                continue
-            collation = _dotted(definition.collClause.collname) if definition.collClause else None
-            new = pg_type(definition.typeName, collation) if definition.typeName is not None else None
-            using = _deparse(definition.raw_default) if definition.raw_default is not None else None
-            changes.append(TypeChange(key, cmd.name or "", new, None, using))
+        collation = _dotted(definition.collClause.collname) if definition.collClause else None
+        new = pg_type(definition.typeName, collation) if definition.typeName is not None else None
+        using = deparse(definition.raw_default) if definition.raw_default is not None else None
+        changes.append(TypeChange(key, cmd.name or "", new, None, using))
     return changes
 
 
@@ -648,7 +647,7 @@ def row_changes(recorded: RecordedOp) -> list[RowChange]:
         return [RowChange("insert", table_key(getattr(table, "schema", None), str(table.name)), columns)]
     changes: list[RowChange] = []
     for statement in recorded.sql_statements:
-        for node in _nodes(statement):
+        for node in walk_nodes(statement):
             kind = _ROW_CHANGES.get(type(node))
             relation = getattr(node, "relation", None)
             if kind is None or not isinstance(relation, pg_ast.RangeVar):
@@ -657,13 +656,3 @@ def row_changes(recorded: RecordedOp) -> list[RowChange]:
             columns = tuple(t.name for t in targets or () if isinstance(t, pg_ast.ResTarget) and t.name)
             changes.append(RowChange(kind, table_key(relation.schemaname, relation.relname or ""), columns))
     return changes
-
-
-def _nodes(value: Any) -> Iterator[pg_ast.Node]:
-    if isinstance(value, pg_ast.Node):
-        yield value
-        for attribute in value:
-            yield from _nodes(getattr(value, attribute))
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _nodes(item)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from dbrollback import __version__
+from dbrollback.ci_output import display_path, escape_data, escape_property
 from dbrollback.lint.findings import Finding
 from dbrollback.lint.rules import ALL_RULES
 
@@ -14,15 +15,6 @@ __all__ = ["github_annotations", "sarif_document", "text_lines", "to_json"]
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 _GITHUB_COMMAND = {"error": "error", "warning": "warning", "info": "notice"}
-
-
-def display_path(path: str, base: Path | None = None) -> str:
-    """Relative to ``base`` (default: the current directory) when below it; CI tools want that."""
-    base = (base or Path.cwd()).resolve()
-    try:
-        return Path(path).resolve().relative_to(base).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
 
 
 def text_lines(findings: list[Finding], base: Path | None = None) -> list[tuple[Finding, str, str]]:
@@ -95,24 +87,16 @@ def sarif_document(findings: list[Finding], base: Path | None = None) -> dict[st
     }  # fmt: skip
 
 
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
 def github_annotations(findings: list[Finding], base: Path | None = None) -> list[str]:
     """GitHub Actions workflow commands (``::error file=…,line=…::message``), one per finding."""
     lines = []
     for f in findings:
         properties = ",".join([
-            f"file={_escape_property(display_path(f.path, base))}",
+            f"file={escape_property(display_path(f.path, base))}",
             f"line={f.line}",
             f"col={f.column}",
-            f"title={_escape_property(f'{f.rule} ({f.direction})')}",
+            f"title={escape_property(f'{f.rule} ({f.direction})')}",
         ])  # fmt: skip
         message = f"{f.message}. Safe alternative: {f.hint}" if f.hint else f.message
-        lines.append(f"::{_GITHUB_COMMAND[f.severity]} {properties}::{_escape_data(message)}")
+        lines.append(f"::{_GITHUB_COMMAND[f.severity]} {properties}::{escape_data(message)}")
     return lines

@@ -14,13 +14,12 @@ itself then assumes. Operators and casts are taken as non-volatile (the built-in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from pglast import ast as pg_ast
 from pglast.enums import AlterTableType, ConstrType
-from pglast.stream import RawStream
 
+from dbrollback.analysis.pg_tree import deparse, walk_nodes
 from dbrollback.lint.findings import Finding, LintContext, Rule
 from dbrollback.lint.recorder import (
     RecordedOp,
@@ -28,7 +27,6 @@ from dbrollback.lint.recorder import (
     TableKey,
     alter_table_commands,
     table_label,
-    with_tables_created_before,
 )
 
 # fmt: off
@@ -57,16 +55,6 @@ NON_VOLATILE_FUNCTIONS: frozenset[str] = frozenset({
 _SERIAL_TYPES = {"serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"}
 
 
-def _walk(value: Any) -> Iterator[pg_ast.Node]:
-    if isinstance(value, pg_ast.Node):
-        yield value
-        for attribute in value:
-            yield from _walk(getattr(value, attribute))
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _walk(item)
-
-
 def _function_name(call: pg_ast.FuncCall) -> tuple[str | None, str]:
     parts = [p.sval or "" for p in call.funcname or () if isinstance(p, pg_ast.String)]
     return (parts[-2] if len(parts) > 1 else None), (parts[-1] if parts else "")
@@ -76,7 +64,7 @@ def volatile_calls(expression: Any) -> tuple[list[str], list[str]]:
     """(known volatile, unknown) function calls in a default expression, as written."""
     volatile: list[str] = []
     unknown: list[str] = []
-    for node in _walk(expression):
+    for node in walk_nodes(expression):
         if not isinstance(node, pg_ast.FuncCall):
             continue
         schema, name = _function_name(node)
@@ -96,13 +84,6 @@ def _is_null(expression: Any) -> bool:
     return isinstance(expression, pg_ast.A_Const) and bool(expression.isnull)
 
 
-def _deparse(node: Any) -> str:
-    try:
-        return str(RawStream()(node))
-    except Exception:
-        return "?"
-
-
 def _why_rewrite(column: pg_ast.ColumnDef, pg_version: int) -> str | None:
     """Why adding ``column`` rewrites the table, or None when it does not."""
     type_names = [n.sval or "" for n in (column.typeName.names if column.typeName else ()) or ()
@@ -116,7 +97,7 @@ def _why_rewrite(column: pg_ast.ColumnDef, pg_version: int) -> str | None:
             return "identity: its value is computed for every row"
         if constraint.contype != ConstrType.CONSTR_DEFAULT or _is_null(constraint.raw_expr):
             continue
-        default = _deparse(constraint.raw_expr)
+        default = deparse(constraint.raw_expr)
         volatile, unknown = volatile_calls(constraint.raw_expr)
         if volatile:
             return f"volatile default {default}, computed for every row"
@@ -159,19 +140,15 @@ class AddColumnVolatileDefault(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            for recorded, created_before in with_tables_created_before(revision.function(direction).ops):
-                # A table created earlier in the same function is empty: nothing to rewrite.
-                columns = [
-                    (t, c, why) for t, c, why in _rewriting_columns(recorded, context.pg_version)
-                    if t not in created_before
-                ]  # fmt: skip
-                if columns:
-                    described = ", ".join(f"{table_label(t)}.{c} ({why})" for t, c, why in columns)
-                    findings.append(self.finding(
-                        revision, recorded.line, direction,
-                        f"adds column {described}, rewriting the table under an ACCESS EXCLUSIVE lock",
-                        recorded.column,
-                    ))  # fmt: skip
-        return findings
+        def message(recorded: RecordedOp, created_before: set[TableKey]) -> str | None:
+            # A table created earlier in the same function is empty: nothing to rewrite.
+            columns = [
+                (t, c, why) for t, c, why in _rewriting_columns(recorded, context.pg_version)
+                if t not in created_before
+            ]  # fmt: skip
+            if not columns:
+                return None
+            described = ", ".join(f"{table_label(t)}.{c} ({why})" for t, c, why in columns)
+            return f"adds column {described}, rewriting the table under an ACCESS EXCLUSIVE lock"
+
+        return self.findings_per_operation(revision, message)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from pglast.enums import ConstrType
 
-from dbrollback.lint.findings import Finding, LintContext, Rule
-from dbrollback.lint.recorder import RecordedRevision, table_label, with_tables_created_before
-from dbrollback.lint.rules.add_unique_constraint import index_building_constraints
+from dbrollback.lint.rules.add_unique_constraint import IndexBuildingConstraintRule
 
 
-class AddPrimaryKey(Rule):
+class AddPrimaryKey(IndexBuildingConstraintRule):
     id = "add-primary-key"
     default_severity = "error"
     axes = ("lock-rewrite",)
@@ -28,22 +26,5 @@ class AddPrimaryKey(Rule):
         "CONCURRENTLY inside `with op.get_context().autocommit_block():`, then ALTER TABLE … ADD CONSTRAINT "
         "… PRIMARY KEY USING INDEX"
     )
-
-    def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            for recorded, created_before in with_tables_created_before(revision.function(direction).ops):
-                # A table created earlier in the same function is empty: its index builds instantly.
-                keys = [
-                    f"{table_label(t)} {label}"
-                    for t, label in index_building_constraints(recorded, ConstrType.CONSTR_PRIMARY)
-                    if t not in created_before
-                ]
-                if keys:
-                    findings.append(self.finding(
-                        revision, recorded.line, direction,
-                        f"adds primary key {', '.join(keys)}, building its index under an ACCESS "
-                        "EXCLUSIVE lock",
-                        recorded.column,
-                    ))  # fmt: skip
-        return findings
+    constraint_kind = ConstrType.CONSTR_PRIMARY
+    constraint_noun = "primary key"

@@ -11,10 +11,9 @@ from dbrollback.lint.recorder import (
     RecordedOp,
     RecordedRevision,
     TableKey,
-    created_tables,
+    sql_alter_table_commands,
     table_key,
     table_label,
-    with_tables_created_before,
 )
 
 # Constraints that give the new column a value in existing rows.
@@ -30,21 +29,25 @@ def _required_columns(recorded: RecordedOp) -> list[tuple[TableKey, str]]:
         filled = column.server_default is not None or column.identity is not None or column.computed
         if column.nullable is False and not filled:
             found.append((table_key(op.schema, op.table_name), column.name))
-    for statement in recorded.sql_statements:
-        if not isinstance(statement, pg_ast.AlterTableStmt) or statement.relation is None:
+    for key, cmd in sql_alter_table_commands(recorded):
+        definition = cmd.def_
+        if cmd.subtype != AlterTableType.AT_AddColumn or not isinstance(definition, pg_ast.ColumnDef):
             continue
-        key = table_key(statement.relation.schemaname, statement.relation.relname or "")
-        for cmd in statement.cmds or ():
-            definition = getattr(cmd, "def_", None)
-            if cmd.subtype != AlterTableType.AT_AddColumn or not isinstance(definition, pg_ast.ColumnDef):
-                continue
-            kinds = {c.contype for c in definition.constraints or () if isinstance(c, pg_ast.Constraint)}
-            type_names = definition.typeName.names if definition.typeName else ()
-            serial = any(isinstance(n, pg_ast.String) and n.sval in _SERIAL for n in type_names or ())
-            required = ConstrType.CONSTR_NOTNULL in kinds or ConstrType.CONSTR_PRIMARY in kinds
-            if required and not serial and not kinds.intersection(_FILLED):
-                found.append((key, definition.colname or "?"))
+        kinds = {c.contype for c in definition.constraints or () if isinstance(c, pg_ast.Constraint)}
+        type_names = definition.typeName.names if definition.typeName else ()
+        serial = any(isinstance(n, pg_ast.String) and n.sval in _SERIAL for n in type_names or ())
+        required = ConstrType.CONSTR_NOTNULL in kinds or ConstrType.CONSTR_PRIMARY in kinds
+        if required and not serial and not kinds.intersection(_FILLED):
+            found.append((key, definition.colname or "?"))
     return found
+
+
+def _message(recorded: RecordedOp, created_before: set[TableKey]) -> str | None:
+    columns = [(t, c) for t, c in _required_columns(recorded) if t not in created_before]
+    if not columns:
+        return None
+    names = ", ".join(f"{table_label(t)}.{c}" for t, c in columns)
+    return f"adds NOT NULL column {names} without a default"
 
 
 class AddRequiredColumn(Rule):
@@ -58,18 +61,5 @@ class AddRequiredColumn(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            ops = revision.function(direction).ops
-            new = created_tables(revision.upgrade.ops) if direction == "downgrade" else set()
-            for recorded, created_before in with_tables_created_before(ops):
-                # A table created in this revision is empty: NOT NULL without default is fine there.
-                earlier = created_before | new
-                columns = [(t, c) for t, c in _required_columns(recorded) if t not in earlier]
-                if columns:
-                    names = ", ".join(f"{table_label(t)}.{c}" for t, c in columns)
-                    findings.append(self.finding(
-                        revision, recorded.line, direction,
-                        f"adds NOT NULL column {names} without a default", recorded.column,
-                    ))  # fmt: skip
-        return findings
+        # A table created in this revision is empty: NOT NULL without default is fine there.
+        return self.findings_per_operation(revision, _message, include_upgrade_tables=True)

@@ -8,6 +8,8 @@ already built with ``CREATE UNIQUE INDEX CONCURRENTLY`` and holds the lock only 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pglast import ast as pg_ast
 from pglast.enums import AlterTableType, ConstrType
 
@@ -18,7 +20,6 @@ from dbrollback.lint.recorder import (
     TableKey,
     alter_table_commands,
     table_label,
-    with_tables_created_before,
 )
 
 
@@ -41,7 +42,31 @@ def index_building_constraints(recorded: RecordedOp, kind: ConstrType) -> list[t
     return found
 
 
-class AddUniqueConstraint(Rule):
+class IndexBuildingConstraintRule(Rule):
+    """Adding a constraint of :attr:`constraint_kind` (UNIQUE, PRIMARY KEY) that builds its own index."""
+
+    constraint_kind: ClassVar[ConstrType]
+    constraint_noun: ClassVar[str]
+
+    def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
+        return self.findings_per_operation(revision, self._message)
+
+    def _message(self, recorded: RecordedOp, created_before: set[TableKey]) -> str | None:
+        # A table created earlier in the same function is empty: its index builds instantly.
+        constraints = [
+            f"{table_label(t)} {label}"
+            for t, label in index_building_constraints(recorded, self.constraint_kind)
+            if t not in created_before
+        ]
+        if not constraints:
+            return None
+        return (
+            f"adds {self.constraint_noun} {', '.join(constraints)}, building its index under an ACCESS "
+            "EXCLUSIVE lock"
+        )
+
+
+class AddUniqueConstraint(IndexBuildingConstraintRule):
     id = "add-unique-constraint"
     default_severity = "error"
     axes = ("lock-rewrite",)
@@ -53,22 +78,5 @@ class AddUniqueConstraint(Rule):
         "CREATE UNIQUE INDEX CONCURRENTLY (inside `with op.get_context().autocommit_block():`), then "
         "ALTER TABLE … ADD CONSTRAINT … UNIQUE USING INDEX, which only holds the lock for a moment"
     )
-
-    def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            for recorded, created_before in with_tables_created_before(revision.function(direction).ops):
-                # A table created earlier in the same function is empty: its index builds instantly.
-                constraints = [
-                    f"{table_label(t)} {label}"
-                    for t, label in index_building_constraints(recorded, ConstrType.CONSTR_UNIQUE)
-                    if t not in created_before
-                ]
-                if constraints:
-                    findings.append(self.finding(
-                        revision, recorded.line, direction,
-                        f"adds unique constraint {', '.join(constraints)}, building its index under an "
-                        "ACCESS EXCLUSIVE lock",
-                        recorded.column,
-                    ))  # fmt: skip
-        return findings
+    constraint_kind = ConstrType.CONSTR_UNIQUE
+    constraint_noun = "unique constraint"

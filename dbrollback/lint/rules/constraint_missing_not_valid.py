@@ -23,7 +23,6 @@ from dbrollback.lint.recorder import (
     alter_table_commands,
     table_key,
     table_label,
-    with_tables_created_before,
 )
 
 _VALIDATED_KINDS = (ConstrType.CONSTR_FOREIGN, ConstrType.CONSTR_CHECK)
@@ -69,6 +68,14 @@ def validating_constraints(recorded: RecordedOp) -> list[tuple[TableKey, pg_ast.
     return found
 
 
+def _message(recorded: RecordedOp, created_before: set[TableKey]) -> str | None:
+    # A table created earlier in the same function is empty: validating it scans nothing.
+    constraints = [(t, c) for t, c in validating_constraints(recorded) if t not in created_before]
+    if not constraints:
+        return None
+    return "adds " + "; ".join(_describe(t, c) for t, c in constraints)
+
+
 class ConstraintMissingNotValid(Rule):
     id = "constraint-missing-not-valid"
     default_severity = "error"
@@ -83,14 +90,4 @@ class ConstraintMissingNotValid(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            for recorded, created_before in with_tables_created_before(revision.function(direction).ops):
-                # A table created earlier in the same function is empty: validating it scans nothing.
-                constraints = [(t, c) for t, c in validating_constraints(recorded) if t not in created_before]
-                if constraints:
-                    described = "; ".join(_describe(t, c) for t, c in constraints)
-                    findings.append(self.finding(
-                        revision, recorded.line, direction, f"adds {described}", recorded.column,
-                    ))  # fmt: skip
-        return findings
+        return self.findings_per_operation(revision, _message)

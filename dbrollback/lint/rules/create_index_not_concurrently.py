@@ -7,12 +7,29 @@ from pglast import ast as pg_ast
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
 from dbrollback.lint.recorder import (
+    RecordedOp,
     RecordedRevision,
     TableKey,
     table_key,
     table_label,
-    with_tables_created_before,
 )
+
+
+def _message(recorded: RecordedOp, created_before: set[TableKey]) -> str | None:
+    # A table created earlier in the same revision is empty and unused: no lock matters.
+    tables: list[TableKey] = []
+    op = recorded.op
+    if isinstance(op, alembic_ops.CreateIndexOp) and not op.kw.get("postgresql_concurrently"):
+        tables.append(table_key(op.schema, op.table_name))
+    for statement in recorded.sql_statements:
+        relation = getattr(statement, "relation", None)
+        if isinstance(statement, pg_ast.IndexStmt) and not statement.concurrent and relation:
+            tables.append(table_key(relation.schemaname, relation.relname or ""))
+    tables = [t for t in tables if t not in created_before]
+    if not tables:
+        return None
+    names = ", ".join(table_label(t) for t in tables)
+    return f"creates an index on {names} without CONCURRENTLY, blocking writes while it builds"
 
 
 class CreateIndexNotConcurrently(Rule):
@@ -25,26 +42,4 @@ class CreateIndexNotConcurrently(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            ops = revision.function(direction).ops
-            for recorded, created_before in with_tables_created_before(ops):
-                # A table created earlier in the same revision is empty and unused: no lock matters.
-                earlier = created_before
-                tables: list[TableKey] = []
-                op = recorded.op
-                if isinstance(op, alembic_ops.CreateIndexOp) and not op.kw.get("postgresql_concurrently"):
-                    tables.append(table_key(op.schema, op.table_name))
-                for statement in recorded.sql_statements:
-                    relation = getattr(statement, "relation", None)
-                    if isinstance(statement, pg_ast.IndexStmt) and not statement.concurrent and relation:
-                        tables.append(table_key(relation.schemaname, relation.relname or ""))
-                tables = [t for t in tables if t not in earlier]
-                if tables:
-                    names = ", ".join(table_label(t) for t in tables)
-                    findings.append(self.finding(
-                        revision, recorded.line, direction,
-                        f"creates an index on {names} without CONCURRENTLY, blocking writes while it builds",
-                        recorded.column,
-                    ))  # fmt: skip
-        return findings
+        return self.findings_per_operation(revision, _message)

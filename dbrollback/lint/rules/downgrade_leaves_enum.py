@@ -17,10 +17,11 @@ from dbrollback.lint.recorder import (
     TableKey,
     dropped_columns,
     dropped_tables,
+    sql_alter_table_commands,
     table_key,
     type_changes,
 )
-from dbrollback.lint.rules.downgrade_not_inverse import function_is_unreadable
+from dbrollback.lint.rules.downgrade_not_inverse import downgrade_comparable
 
 TypeKey = tuple[str | None, str]
 Column = tuple[TableKey, str]
@@ -82,16 +83,14 @@ def _uses(recorded: RecordedOp) -> Iterator[tuple[TypeKey, Column]]:
             for element in statement.tableElts or ():
                 if isinstance(element, pg_ast.ColumnDef) and element.typeName is not None:
                     yield _type_key(_names(element.typeName)), (key, element.colname or "")
-        elif isinstance(statement, pg_ast.AlterTableStmt) and statement.relation is not None:
-            key = table_key(statement.relation.schemaname, statement.relation.relname or "")
-            for cmd in statement.cmds or ():
-                definition = getattr(cmd, "def_", None)
-                if not isinstance(definition, pg_ast.ColumnDef) or definition.typeName is None:
-                    continue
-                if cmd.subtype == AlterTableType.AT_AddColumn:
-                    yield _type_key(_names(definition.typeName)), (key, definition.colname or "")
-                elif cmd.subtype == AlterTableType.AT_AlterColumnType:
-                    yield _type_key(_names(definition.typeName)), (key, cmd.name or "")
+    for key, cmd in sql_alter_table_commands(recorded):
+        definition = cmd.def_
+        if not isinstance(definition, pg_ast.ColumnDef) or definition.typeName is None:
+            continue
+        if cmd.subtype == AlterTableType.AT_AddColumn:
+            yield _type_key(_names(definition.typeName)), (key, definition.colname or "")
+        elif cmd.subtype == AlterTableType.AT_AlterColumnType:
+            yield _type_key(_names(definition.typeName)), (key, cmd.name or "")
 
 
 def _created_types(recorded: RecordedOp) -> list[TypeKey]:
@@ -147,10 +146,8 @@ class DowngradeLeavesEnum(Rule):
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
         upgrade, downgrade = revision.upgrade, revision.downgrade
-        if revision.irreversible or not upgrade.present or not downgrade.present or downgrade.empty:
-            return []  # declared irreversible, or missing-downgrade's case
-        if upgrade.opaque or downgrade.opaque or function_is_unreadable(downgrade.ops):
-            return []  # an enum "left behind" by code we cannot read would be a guess
+        if revision.irreversible or not downgrade_comparable(revision):
+            return []
         dropped = _dropped_types(downgrade.ops)
         gone_tables, gone_columns = _released_columns(downgrade.ops)
         users: dict[TypeKey, set[Column]] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pglast
@@ -23,7 +22,7 @@ from dbrollback.lint.recorder import (
     type_changes,
     with_tables_created_before,
 )
-from dbrollback.lint.rules.downgrade_not_inverse import function_is_unreadable
+from dbrollback.lint.rules.downgrade_not_inverse import downgrade_comparable
 
 Column = tuple[TableKey, str]
 
@@ -169,12 +168,10 @@ class DowngradeLosesData(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        upgrade, downgrade = revision.upgrade, revision.downgrade
-        if not upgrade.present or not downgrade.present or downgrade.empty:
-            return []  # no downgrade recreating anything: missing-downgrade's case
-        if upgrade.opaque or downgrade.opaque or function_is_unreadable(downgrade.ops):
-            return []  # the downgrade might write the data back in ways we cannot see
-        restore = _Restore(downgrade.ops)
+        if not downgrade_comparable(revision):
+            return []
+        upgrade = revision.upgrade
+        restore = _Restore(revision.downgrade.ops)
         findings: list[Finding] = []
         for index, (recorded, new_tables) in enumerate(with_tables_created_before(upgrade.ops)):
             lost = _losses(recorded, new_tables, added_columns(upgrade.ops[:index]), restore)
@@ -184,10 +181,5 @@ class DowngradeLosesData(Rule):
                 f"{'; '.join(lost)} — only a dbrollback snapshot (taken by `dbrollback upgrade` before "
                 "this revision) brings the data back"
             )
-            finding = self.finding(revision, recorded.line, "upgrade", message, recorded.column)
-            if revision.irreversible:
-                # Declared irreversible: the loss is known and accepted; rollback needs the snapshot.
-                message = f"declared irreversible ({revision.irreversible}): {message}"
-                finding = replace(finding, severity="info", message=message)
-            findings.append(finding)
+            findings.append(self.data_loss_finding(revision, recorded, message))
         return findings

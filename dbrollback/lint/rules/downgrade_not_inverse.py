@@ -53,6 +53,16 @@ def function_is_unreadable(ops: list[RecordedOp]) -> bool:
     return any(effect.opaque for recorded in ops for effect in recorded.effects)
 
 
+def downgrade_comparable(revision: RecordedRevision) -> bool:
+    """Whether the downgrade can be read against the upgrade: both functions are there, the downgrade
+    does something (otherwise it is missing-downgrade's case), and the recording shows everything
+    both do (what unreadable code undoes or writes back is never guessed)."""
+    upgrade, downgrade = revision.upgrade, revision.downgrade
+    if not upgrade.present or not downgrade.present or downgrade.empty:
+        return False
+    return not (upgrade.opaque or downgrade.opaque or function_is_unreadable(downgrade.ops))
+
+
 def _names(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -475,14 +485,11 @@ class DowngradeNotInverse(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        upgrade, downgrade = revision.upgrade, revision.downgrade
-        if revision.irreversible or not downgrade.present or downgrade.empty or not upgrade.present:
-            return []  # nothing to compare: missing-downgrade's case, or declared irreversible
-        if upgrade.opaque or downgrade.opaque or function_is_unreadable(downgrade.ops):
-            return []  # never guess what an unreadable downgrade undoes
-        undo = _Undo.of(downgrade.ops)
+        if revision.irreversible or not downgrade_comparable(revision):
+            return []
+        undo = _Undo.of(revision.downgrade.ops)
         missing: dict[int, tuple[RecordedOp, list[str]]] = {}
-        for expectation in _expectations(upgrade.ops):
+        for expectation in _expectations(revision.upgrade.ops):
             what = _missing(expectation.event, undo)
             if what is not None:
                 entry = missing.setdefault(id(expectation.recorded), (expectation.recorded, []))

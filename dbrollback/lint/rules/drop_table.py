@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
 from dbrollback.lint.recorder import (
+    RecordedOp,
     RecordedRevision,
-    created_tables,
+    TableKey,
     dropped_tables,
     table_label,
-    with_tables_created_before,
 )
+
+
+def _message(recorded: RecordedOp, created_before: set[TableKey]) -> str | None:
+    tables = [t for t in dropped_tables(recorded) if t not in created_before]
+    if not tables:
+        return None
+    return f"drops table {', '.join(table_label(t) for t in tables)} and all its rows"
 
 
 class DropTable(Rule):
@@ -23,18 +30,5 @@ class DropTable(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            ops = revision.function(direction).ops
-            # The downgrade dropping a table the upgrade created is downgrade-drops-new-data.
-            new = created_tables(revision.upgrade.ops) if direction == "downgrade" else set()
-            for recorded, created_before in with_tables_created_before(ops):
-                earlier = created_before
-                tables = [t for t in dropped_tables(recorded) if t not in new and t not in earlier]
-                if tables:
-                    names = ", ".join(table_label(t) for t in tables)
-                    findings.append(self.finding(
-                        revision, recorded.line, direction,
-                        f"drops table {names} and all its rows", recorded.column,
-                    ))  # fmt: skip
-        return findings
+        # The downgrade dropping a table the upgrade created is downgrade-drops-new-data.
+        return self.findings_per_operation(revision, _message, include_upgrade_tables=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from dbrollback.lint.findings import Finding, LintContext, Rule
 from dbrollback.lint.recorder import (
     RecordedRevision,
@@ -69,10 +67,5 @@ class IrreversibleDataChange(Rule):
                 f"{what}, and the downgrade has no UPDATE/INSERT/DELETE on {tables}: rolling back keeps "
                 "the changed rows; only a dbrollback snapshot taken before the upgrade restores them"
             )
-            finding = self.finding(revision, recorded.line, "upgrade", message, recorded.column)
-            if revision.irreversible:
-                # Declared irreversible: known and accepted, rollback needs the snapshot.
-                message = f"declared irreversible ({revision.irreversible}): {message}"
-                finding = replace(finding, severity="info", message=message)
-            findings.append(finding)
+            findings.append(self.data_loss_finding(revision, recorded, message))
         return findings

@@ -6,11 +6,27 @@ from alembic.operations import ops as alembic_ops
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
 from dbrollback.lint.recorder import (
+    RecordedOp,
     RecordedRevision,
+    TableKey,
     table_key,
     table_label,
-    with_tables_created_before,
 )
+
+
+def _message(recorded: RecordedOp, created_before: set[TableKey]) -> str | None:
+    renames: list[str] = []
+    op = recorded.op
+    if isinstance(op, alembic_ops.AlterColumnOp) and op.modify_name:
+        key = table_key(op.schema, op.table_name)
+        if key not in created_before:
+            renames.append(f"{table_label(key)}.{op.column_name} to {op.modify_name}")
+    for effect in recorded.effects:
+        if effect.kind == "rename_column" and effect.table is not None:
+            key = table_key(effect.table.schema, effect.table.name)
+            if key not in created_before:
+                renames.append(effect.reason.removeprefix("renames column "))
+    return f"renames column {'; '.join(renames)}" if renames else None
 
 
 class RenameColumn(Rule):
@@ -23,25 +39,4 @@ class RenameColumn(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            ops = revision.function(direction).ops
-            for recorded, created_before in with_tables_created_before(ops):
-                earlier = created_before
-                renames: list[str] = []
-                op = recorded.op
-                if isinstance(op, alembic_ops.AlterColumnOp) and op.modify_name:
-                    key = table_key(op.schema, op.table_name)
-                    if key not in earlier:
-                        renames.append(f"{table_label(key)}.{op.column_name} to {op.modify_name}")
-                for effect in recorded.effects:
-                    if effect.kind == "rename_column" and effect.table is not None:
-                        key = table_key(effect.table.schema, effect.table.name)
-                        if key not in earlier:
-                            renames.append(effect.reason.removeprefix("renames column "))
-                if renames:
-                    findings.append(self.finding(
-                        revision, recorded.line, direction,
-                        f"renames column {'; '.join(renames)}", recorded.column,
-                    ))  # fmt: skip
-        return findings
+        return self.findings_per_operation(revision, _message)

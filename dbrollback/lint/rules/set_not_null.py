@@ -15,6 +15,7 @@ from dbrollback.lint.recorder import (
     RecordedRevision,
     TableKey,
     created_tables,
+    sql_alter_table_commands,
     table_key,
     table_label,
 )
@@ -59,23 +60,19 @@ def _proven_not_null(ops: list[RecordedOp]) -> set[Column]:
                     pending[(key, op.constraint_name and str(op.constraint_name))] = column
                 else:
                     proven.add((key, column))
-        for statement in recorded.sql_statements:
-            if not isinstance(statement, pg_ast.AlterTableStmt) or statement.relation is None:
-                continue
-            key = table_key(statement.relation.schemaname, statement.relation.relname or "")
-            for cmd in statement.cmds or ():
-                constraint = getattr(cmd, "def_", None)
-                adds = cmd.subtype == AlterTableType.AT_AddConstraint
-                if adds and isinstance(constraint, pg_ast.Constraint):
-                    column = _not_null_column(constraint.raw_expr)
-                    if constraint.contype != ConstrType.CONSTR_CHECK or column is None:
-                        continue
-                    if constraint.skip_validation:
-                        pending[(key, constraint.conname)] = column
-                    else:
-                        proven.add((key, column))
-                elif cmd.subtype == AlterTableType.AT_ValidateConstraint and (key, cmd.name) in pending:
-                    proven.add((key, pending.pop((key, cmd.name))))
+        for key, cmd in sql_alter_table_commands(recorded):
+            constraint = cmd.def_
+            adds = cmd.subtype == AlterTableType.AT_AddConstraint
+            if adds and isinstance(constraint, pg_ast.Constraint):
+                column = _not_null_column(constraint.raw_expr)
+                if constraint.contype != ConstrType.CONSTR_CHECK or column is None:
+                    continue
+                if constraint.skip_validation:
+                    pending[(key, constraint.conname)] = column
+                else:
+                    proven.add((key, column))
+            elif cmd.subtype == AlterTableType.AT_ValidateConstraint and (key, cmd.name) in pending:
+                proven.add((key, pending.pop((key, cmd.name))))
     return proven
 
 

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
 from dbrollback.lint.recorder import (
+    RecordedOp,
     RecordedRevision,
     TableKey,
-    created_tables,
     table_key,
     table_label,
-    with_tables_created_before,
 )
+
+
+def _message(recorded: RecordedOp, created_before: set[TableKey]) -> str | None:
+    tables: list[TableKey] = []
+    for effect in recorded.effects:
+        if effect.kind == "truncate" and effect.table is not None:
+            key = table_key(effect.table.schema, effect.table.name)
+            if key not in created_before and key not in tables:
+                tables.append(key)
+    if not tables:
+        return None
+    return f"truncates {', '.join(table_label(t) for t in tables)}, deleting every row"
 
 
 class TruncateTable(Rule):
@@ -23,22 +34,4 @@ class TruncateTable(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            ops = revision.function(direction).ops
-            new = created_tables(revision.upgrade.ops) if direction == "downgrade" else set()
-            for recorded, created_before in with_tables_created_before(ops):
-                earlier = created_before | new
-                tables: list[TableKey] = []
-                for effect in recorded.effects:
-                    if effect.kind == "truncate" and effect.table is not None:
-                        key = table_key(effect.table.schema, effect.table.name)
-                        if key not in earlier and key not in tables:
-                            tables.append(key)
-                if tables:
-                    findings.append(self.finding(
-                        revision, recorded.line, direction,
-                        f"truncates {', '.join(table_label(t) for t in tables)}, deleting every row",
-                        recorded.column,
-                    ))  # fmt: skip
-        return findings
+        return self.findings_per_operation(revision, _message, include_upgrade_tables=True)

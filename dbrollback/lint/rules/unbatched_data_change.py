@@ -6,12 +6,27 @@ from pglast import ast as pg_ast
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
 from dbrollback.lint.recorder import (
+    RecordedOp,
     RecordedRevision,
-    created_tables,
+    TableKey,
     table_key,
     table_label,
-    with_tables_created_before,
 )
+
+
+def _message(recorded: RecordedOp, created_before: set[TableKey]) -> str | None:
+    changes: list[str] = []
+    for statement in recorded.sql_statements:
+        if not isinstance(statement, (pg_ast.UpdateStmt, pg_ast.DeleteStmt)):
+            continue
+        if statement.whereClause is not None or statement.relation is None:
+            continue
+        relation = statement.relation
+        key = table_key(relation.schemaname, relation.relname or "")
+        if key not in created_before:
+            verb = "updates" if isinstance(statement, pg_ast.UpdateStmt) else "deletes"
+            changes.append(f"{verb} every row of {table_label(key)}")
+    return f"{'; '.join(changes)} (no WHERE) in one statement" if changes else None
 
 
 class UnbatchedDataChange(Rule):
@@ -25,27 +40,5 @@ class UnbatchedDataChange(Rule):
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
-        findings: list[Finding] = []
-        for direction in ("upgrade", "downgrade"):
-            ops = revision.function(direction).ops
-            new = created_tables(revision.upgrade.ops) if direction == "downgrade" else set()
-            for recorded, created_before in with_tables_created_before(ops):
-                # A table created in this revision holds no production rows yet.
-                earlier = created_before | new
-                changes: list[str] = []
-                for statement in recorded.sql_statements:
-                    if not isinstance(statement, (pg_ast.UpdateStmt, pg_ast.DeleteStmt)):
-                        continue
-                    if statement.whereClause is not None or statement.relation is None:
-                        continue
-                    relation = statement.relation
-                    key = table_key(relation.schemaname, relation.relname or "")
-                    if key not in earlier:
-                        verb = "updates" if isinstance(statement, pg_ast.UpdateStmt) else "deletes"
-                        changes.append(f"{verb} every row of {table_label(key)}")
-                if changes:
-                    findings.append(self.finding(
-                        revision, recorded.line, direction,
-                        f"{'; '.join(changes)} (no WHERE) in one statement", recorded.column,
-                    ))  # fmt: skip
-        return findings
+        # A table created in this revision holds no production rows yet.
+        return self.findings_per_operation(revision, _message, include_upgrade_tables=True)
