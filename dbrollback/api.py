@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError as SAOperationalError
 from dbrollback.alembic_bridge.project import AlembicProject
 from dbrollback.alembic_bridge.runner import MigrationRunner, PlannedStep, StepFailed, Timeouts
 from dbrollback.catalog import audit
+from dbrollback.catalog.fingerprints import TAKEN, FingerprintTarget, take_fingerprint
 from dbrollback.catalog.journal import (
     Journal,
     RunRecord,
@@ -24,8 +25,10 @@ from dbrollback.catalog.journal import (
 )
 from dbrollback.catalog.lock import LockHolder, acquire, find_holder, unlock
 from dbrollback.catalog.restore_points import record_restore_point
+from dbrollback.catalog.revision_sources import read_revision_file, record_revision_source
 from dbrollback.catalog.schema import ensure_catalog, installed_version
 from dbrollback.database import Database, Notify, connect, resolve_database
+from dbrollback.durations import postgres_ms
 from dbrollback.errors import (
     EXIT_REFUSED,
     ConnectionFailed,
@@ -92,6 +95,8 @@ class SnapshotDuty:
     policy: str
     skipped_by_flag: bool = False
     tables_by_revision: dict[str, list[QualifiedName]] = field(default_factory=dict)
+    # revision -> table -> columns the analysis says it leaves alone (not hashed in the fingerprint)
+    unaffected_by_revision: dict[str, dict[QualifiedName, frozenset[str]]] = field(default_factory=dict)
     store: SnapshotStore | None = None
     settings: Settings | None = None
     database: Database | None = None
@@ -100,15 +105,26 @@ class SnapshotDuty:
 
 
 class _JournalHooks:
-    """Connects the runner's events to the journal; creates the run row once the plan is known."""
+    """Connects the runner's events to the journal; creates the run row once the plan is known.
+
+    An upgrade also records what a rollback needs: the schema before the run, and inside each
+    revision's own transaction its source text and the post-image fingerprint of every table
+    snapshotted before it.
+    """
 
     def __init__(self, journal: Journal, direction: str, target: str, notify: Notify,
-                 duty: SnapshotDuty | None = None) -> None:  # fmt: skip
+                 duty: SnapshotDuty | None = None, project: AlembicProject | None = None,
+                 version_table: Callable[[], tuple[str | None, str]] | None = None) -> None:  # fmt: skip
         self.journal = journal
         self.direction = direction
         self.target = target
         self.notify = notify
         self.duty = duty or SnapshotDuty("never")
+        self.project = project
+        self.version_table = version_table
+        self._fingerprints_due: dict[str, list[FingerprintTarget]] = {}
+        self._schema_due = direction == "upgrade"  # until recorded, or the first revision commits
+        self._schema_lock_warned = False
         self.run_id: int | None = None
         self.from_heads: list[str] = []
         self.plan: list[PlannedStep] = []
@@ -137,8 +153,39 @@ class _JournalHooks:
             audit.record(self.journal.conn, self.direction, self.journal.actor, run_id=self.run_id,
                          details=details)  # fmt: skip
 
+    def _record_schema(self, step: PlannedStep) -> None:
+        """Record the schema before the run's first revision, on the control connection.
+
+        Reading definitions locks each table they mention (ACCESS SHARE), so a table another
+        session holds exclusively makes this wait: under the revision's lock_timeout, and tried
+        again before each retry of the revision, but only until the run's first revision commits.
+        """
+        from dbrollback.catalog.run_schemas import record_run_schema
+
+        assert self.run_id is not None
+        tables = list(dict.fromkeys(t for ts in self.duty.tables_by_revision.values() for t in ts))
+        version_table = self.version_table() if self.version_table else (None, "alembic_version")
+        try:
+            record_run_schema(self.journal.conn, self.run_id, version_table, tables,
+                              lock_timeout=postgres_ms(step.timeouts.lock_timeout))  # fmt: skip
+            self._schema_due = False
+        except psycopg.errors.LockNotAvailable:
+            if not self._schema_lock_warned:
+                self._schema_lock_warned = True
+                self.notify(
+                    f"The schema before run {self.run_id} could not be read yet (a table is locked by "
+                    "another session); it is read again before the revision's next attempt"
+                )
+        except psycopg.Error as exc:  # only a later rollback's schema comparison needs it
+            self._schema_due = False
+            self.notify(
+                f"Warning: the schema before run {self.run_id} could not be recorded: {_error_text(exc)}"
+            )
+
     def before_step(self, step: PlannedStep, connection: Connection) -> None:
         assert self.run_id is not None
+        if self._schema_due:
+            self._record_schema(step)
         conn = self.journal.conn
         point = record_restore_point(conn, self.run_id, step.revision)
         if not any(p["revision"] == step.revision for p in self.restore_points):
@@ -148,6 +195,7 @@ class _JournalHooks:
         if not point.created and not self._restore_point_warned:
             self._restore_point_warned = True
             self.notify(f"No named restore points ({point.note}); WAL positions are journaled instead")
+        self._fingerprints_due.pop(step.revision, None)  # an earlier attempt's snapshot is not this one's
         tables = [t for t in self.duty.tables_by_revision.get(step.revision, []) if _table_exists(conn, t)]
         if tables:
             self._snapshot_before(step, connection, tables)
@@ -183,6 +231,16 @@ class _JournalHooks:
         # (both stay in the store; the newer one is the state the revision really started from).
         self.snapshots = [s for s in self.snapshots if s["revision"] != step.revision]
         self.snapshots.append({"id": manifest.id, "revision": step.revision, "tables": names})
+        unaffected = duty.unaffected_by_revision.get(step.revision, {})
+        targets = []
+        for t in manifest.tables:
+            columns = tuple(c.name for c in t.columns)
+            alone = unaffected.get((t.schema_name, t.table_name), frozenset())
+            # Under --snapshot touched/all a table may be captured whose data the revision leaves
+            # alone: nothing of it will need merging back.
+            if not set(columns) <= alone:
+                targets.append(FingerprintTarget(manifest.id, t.schema_name, t.table_name, columns, alone))
+        self._fingerprints_due[step.revision] = targets
         rows = sum(t.row_count for t in manifest.tables)
         self.notify(
             f"Snapshot {manifest.id} taken before {step.revision}: {', '.join(names)} ({rows:,} rows)"
@@ -191,8 +249,48 @@ class _JournalHooks:
     def step_applied(self, connection: Connection, step: PlannedStep, started_at: datetime,
                      attempt: int) -> None:  # fmt: skip
         assert self.run_id is not None
+        if self._schema_due:
+            self._schema_due = False  # after this commit it would no longer be the schema before the run
+            self.notify(f"Warning: the schema before run {self.run_id} was not recorded; a rollback of "
+                        "this run cannot compare schemas")  # fmt: skip
+        if step.is_upgrade:
+            # The revision's own psycopg connection: what is written here commits with the revision
+            # or not at all, and the SHARE lock from before_step is still held.
+            driver = connection.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            self._store_source(driver, step)
+            for number, target in enumerate(self._fingerprints_due.pop(step.revision, []), 1):
+                self._fingerprint(driver, step, target, number)
         record_applied_step(connection, self.run_id, step.revision, step.phase, started_at, attempt)
         self.notify(f"{step.phase} {step.revision} applied" + (f": {step.doc}" if step.doc else ""))
+
+    def _store_source(self, conn: psycopg.Connection, step: PlannedStep) -> None:
+        assert self.run_id is not None
+        script = self.project.script.get_revision(step.revision) if self.project else None
+        if script is None or not script.path:
+            return
+        try:
+            found = read_revision_file(script.path)
+        except OSError as exc:
+            self.notify(f"Warning: the source of {step.revision} could not be stored ({exc.strerror or exc})")
+            return
+        if found is None:
+            self.notify(f"Warning: {step.revision} has no source file ({script.path}); none was stored")
+            return
+        record_revision_source(conn, step.revision, found, self.run_id)
+
+    def _fingerprint(self, conn: psycopg.Connection, step: PlannedStep, target: FingerprintTarget,
+                     number: int) -> None:  # fmt: skip
+        assert self.run_id is not None
+        fingerprint = take_fingerprint(conn, self.run_id, step.revision, target, number)
+        name = f"{target.schema}.{target.table}"
+        if fingerprint.status == TAKEN:
+            self.notify(
+                f"Fingerprint of {name} after {step.revision}: {fingerprint.row_count:,} rows, "
+                f"{len(fingerprint.hashed_columns)} hashed column(s), {fingerprint.bytes or 0:,} bytes"
+            )
+        else:
+            self.notify(f"No fingerprint of {name} after {step.revision}: {fingerprint.note}")
 
     def step_failed(self, step: PlannedStep, started_at: datetime, attempt: int,
                     error: BaseException) -> None:  # fmt: skip
@@ -249,7 +347,8 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
                 notify(f"Marked earlier run(s) {', '.join(map(str, marked))} as interrupted")
             duty = _snapshot_duty(settings, database, direction, target, planned, snapshot, progress, notify)
             journal = Journal(conn, settings.actor)
-            hooks = _JournalHooks(journal, direction, target, notify, duty)
+            hooks = _JournalHooks(journal, direction, target, notify, duty, project,
+                                  version_table=lambda: _version_table(runner))  # fmt: skip
             runner.hooks = hooks
             return _run_journaled(settings, conn, runner, hooks, direction, target, marked, database)
         finally:
@@ -281,11 +380,16 @@ def _snapshot_duty(settings: Settings, database: Database, direction: str, targe
             uncovered=[{"revision": r, "reason": why} for r, why in uncovered],
         )
     by_revision: dict[str, list[QualifiedName]] = {}
+    unaffected: dict[str, dict[QualifiedName, frozenset[str]]] = {}
     for snap in migration_plan.snapshots:
         if snap.tables:
             by_revision.setdefault(snap.revision, []).extend((t.schema, t.table) for t in snap.tables)
+            for t in snap.tables:
+                unaffected.setdefault(snap.revision, {})[(t.schema, t.table)] = frozenset(
+                    c.name for c in t.columns if not c.affected
+                )
     duty = SnapshotDuty(settings.snapshot, tables_by_revision=by_revision, settings=settings,
-                        database=database, progress=progress,
+                        database=database, progress=progress, unaffected_by_revision=unaffected,
                         warnings=list(migration_plan.warnings))  # fmt: skip
     if by_revision:
         duty.store = configured_store(settings)
@@ -301,6 +405,15 @@ def _snapshot_duty(settings: Settings, database: Database, direction: str, targe
                 needed_bytes=needed,
             )
     return duty
+
+
+def _version_table(runner: MigrationRunner) -> tuple[str | None, str]:
+    """(schema, name) of Alembic's version table as the project's env.py configured it, read while
+    the run is on."""
+    context = runner._context
+    if context is None:
+        return None, "alembic_version"
+    return context.version_table_schema, context.version_table
 
 
 def _table_exists(conn: psycopg.Connection, table: QualifiedName) -> bool:

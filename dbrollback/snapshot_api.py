@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from dbrollback.catalog import audit
+from dbrollback.catalog.fingerprints import drop_fingerprints, fingerprints_of_snapshots
 from dbrollback.catalog.lock import acquire, unlock
 from dbrollback.catalog.schema import catalog_exists, database_identity, ensure_catalog
 from dbrollback.catalog.snapshots import mark_deleted, record_snapshot, runs_started_after
@@ -201,6 +202,7 @@ class PruneResult:
     pruned: list[SnapshotSummary] = field(default_factory=list)
     kept: list[tuple[SnapshotSummary, str]] = field(default_factory=list)
     partials: list[str] = field(default_factory=list)  # unpublished leftovers of killed captures
+    fingerprints: list[str] = field(default_factory=list)  # dbrollback._dbrb_fp_* tables of pruned snapshots
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -208,6 +210,7 @@ class PruneResult:
             "pruned": [s.to_dict() for s in self.pruned],
             "kept": [{**s.to_dict(), "reason": reason} for s, reason in self.kept],
             "partials": self.partials,
+            "fingerprints": self.fingerprints,
         }
 
 
@@ -216,7 +219,8 @@ def snapshot_prune(settings: Settings, *, dry_run: bool = False, now: datetime |
     """Delete this database's snapshots past the rollback window, except those still needed.
 
     Needed: for every run started inside the window, the newest snapshot of each table taken at or
-    before the run started (the state to go back to), and the run's own snapshots.
+    before the run started (the state to go back to), and the run's own snapshots. The post-image
+    fingerprints taken with a pruned snapshot go with it (a rollback needs both).
     """
     store = configured_store(settings)
     now = now or datetime.now(timezone.utc)
@@ -257,14 +261,26 @@ def snapshot_prune(settings: Settings, *, dry_run: bool = False, now: datetime |
         if not dry_run:
             for snapshot_id in result.partials:
                 store.discard(snapshot_id)
-        if not dry_run and (result.pruned or result.partials):
+        result.fingerprints = _prune_fingerprints(conn, [s.id for s in result.pruned], dry_run)
+        if not dry_run and (result.pruned or result.partials or result.fingerprints):
             audit.record(conn, "snapshot prune", settings.actor,
                          details={"pruned": [s.id for s in result.pruned],
-                                  "partials": result.partials})  # fmt: skip
+                                  "partials": result.partials,
+                                  "fingerprints": result.fingerprints})  # fmt: skip
     return result
 
 
 PARTIAL_GRACE = timedelta(days=1)
+
+
+def _prune_fingerprints(conn: psycopg.Connection, pruned: list[str], dry_run: bool) -> list[str]:
+    """Fingerprint tables of the snapshots pruned now, and of any the catalog marks pruned before
+    (a prune killed before it got to their fingerprints); dropped unless ``dry_run``."""
+    earlier = [r[0] for r in conn.execute("SELECT id FROM dbrollback.snapshots WHERE deleted_at IS NOT NULL")]
+    ids = list(dict.fromkeys([*pruned, *earlier]))
+    if dry_run:
+        return sorted(f.fp_table for f in fingerprints_of_snapshots(conn, ids) if f.fp_table)
+    return drop_fingerprints(conn, ids)
 
 
 def _needed_by_runs(manifests: list[SnapshotManifest], runs: dict[int, datetime]) -> dict[str, str]:

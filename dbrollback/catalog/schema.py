@@ -117,6 +117,50 @@ CATALOG_MIGRATIONS: list[str] = [
     );
     INSERT INTO dbrollback.identity DEFAULT VALUES;
     """,
+    # 4: what a rollback needs besides the snapshot: the source of every applied revision (the
+    #    checkout may no longer hold it), the post-image fingerprint of every snapshotted table
+    #    (keys and per-column hashes right after the revision ran, in tables named
+    #    dbrollback._dbrb_fp_*), and the schema before each upgrade run.
+    """
+    CREATE TABLE dbrollback.revision_sources (
+        revision         text NOT NULL,
+        sha256           text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+        path             text NOT NULL,
+        source           text NOT NULL,
+        first_run_id     bigint REFERENCES dbrollback.runs (id),
+        first_applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        last_run_id      bigint REFERENCES dbrollback.runs (id),
+        last_applied_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (revision, sha256)
+    );
+    CREATE TABLE dbrollback.fingerprints (
+        id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run_id         bigint NOT NULL REFERENCES dbrollback.runs (id),
+        revision       text NOT NULL,
+        snapshot_id    text NOT NULL REFERENCES dbrollback.snapshots (id),
+        schema_name    text NOT NULL,
+        table_name     text NOT NULL,
+        status         text NOT NULL CHECK (status IN ('taken', 'no_key', 'table_gone')),
+        fp_table       text UNIQUE,
+        key_columns    text[] NOT NULL DEFAULT '{}',
+        hashed_columns jsonb NOT NULL DEFAULT '{}',
+        column_types   jsonb NOT NULL DEFAULT '{}',
+        algorithm      text NOT NULL,
+        row_count      bigint,
+        bytes          bigint,
+        created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+        note           text,
+        CONSTRAINT fingerprints_table_iff_taken CHECK ((status = 'taken') = (fp_table IS NOT NULL)),
+        UNIQUE (snapshot_id, schema_name, table_name)
+    );
+    CREATE TABLE dbrollback.run_schemas (
+        run_id      bigint PRIMARY KEY REFERENCES dbrollback.runs (id),
+        captured_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        format      text NOT NULL,
+        tables      jsonb NOT NULL,
+        schema      jsonb NOT NULL
+    );
+    """,
 ]
 
 
