@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dbrollback.check.target import CHECK_DATABASE_PREFIX
 from dbrollback.embedded import EmbeddedServer
@@ -342,7 +349,8 @@ def test_data_written_after_the_upgrade_and_lost_by_the_downgrade(project: Proje
     assert 0 < lost["changed_rows"] <= 60
 
 
-def test_upgrade_failing_on_generated_rows_is_retried_on_empty_tables(project: Project, cli, database_url):
+def test_upgrade_failing_on_generated_nulls_is_retried_on_rows_without_nulls(project: Project, cli,
+                                                                            database_url, db):  # fmt: skip
     project.add_revision("r1", None, ITEMS, 'op.drop_table("items")')
     project.add_revision("r2", "r1", 'op.alter_column("items", "price", nullable=False, existing_type=sa.Numeric)',
                          'op.alter_column("items", "price", nullable=True, existing_type=sa.Numeric)')  # fmt: skip
@@ -350,11 +358,88 @@ def test_upgrade_failing_on_generated_rows_is_retried_on_empty_tables(project: P
     result = cli("check", "--database-url", database_url, "--json")
 
     r2 = _by_revision(result.json)["r2"]
-    assert r2["status"] == "ok"
+    assert result.code == 0
+    assert (r2["status"], r2["data_roundtrip"], r2["unverified"]) == ("ok", "ok", [])
     assert r2["notes"] == [
         'the upgrade failed on the generated rows (column "price" of relation "items" contains null values) '
-        "and succeeded on empty tables; this revision was checked from there"
+        "and passed on new rows without NULLs in nullable columns; this revision was checked on those"
     ]
+    # Checked on rows, not on empty tables: the 300 reseeded rows plus the 60 added after the upgrade.
+    assert db.execute("SELECT count(*), count(price) FROM items").fetchone() == (360, 360)
+
+
+def test_upgrade_failing_on_nulls_that_also_drops_a_column_shows_the_loss(
+    project: Project, cli, database_url
+):
+    """The reviewer's case: the retry used to empty the tables and report "data ok" with a note."""
+    from dbrollback.lint import lint_paths
+
+    project.add_revision("m1", None, 'op.create_table("a", sa.Column("id", sa.Integer, primary_key=True), '
+                                     'sa.Column("c", sa.Integer, nullable=True), sa.Column("legacy", sa.Text))',
+                         'op.drop_table("a")')  # fmt: skip
+    project.add_revision("m2", "m1", """
+        op.drop_column("a", "legacy")
+        op.alter_column("a", "c", nullable=False, existing_type=sa.Integer())
+    """, """
+        op.alter_column("a", "c", nullable=True, existing_type=sa.Integer())
+        op.add_column("a", sa.Column("legacy", sa.Text))
+    """)  # fmt: skip
+
+    result = cli("check", "--database-url", database_url, "--json")
+
+    m2 = _by_revision(result.json)["m2"]
+    assert result.code == 1
+    assert (m2["status"], m2["upgrade"], m2["data_roundtrip"]) == ("failed", "ok", "lost")
+    [lost] = m2["lost"]
+    assert (lost["table"], lost["stage"], lost["columns"], lost["compared_rows"]) == (
+        "public.a", "before_upgrade", ["legacy"], 300)  # fmt: skip
+    assert lost["changed_rows"] == 300  # no NULLs among the rows the upgrade passed on
+    assert "passed on new rows without NULLs" in m2["notes"][0]
+    flagged = {f.revision for f in lint_paths([project.versions]) if f.rule == "downgrade-loses-data"}
+    assert "m2" in flagged
+
+
+def test_upgrade_passing_only_on_empty_tables_leaves_the_data_round_trip_unverified(project: Project, cli,
+                                                                                    database_url):  # fmt: skip
+    project.add_revision("b1", None, 'op.create_table("acc", sa.Column("id", sa.Integer, primary_key=True), '
+                                     'sa.Column("name", sa.String(30), nullable=False), sa.Column("note", sa.Text))',
+                         'op.drop_table("acc")')  # fmt: skip
+    project.add_revision("b3", "b1", 'op.alter_column("acc", "name", type_=sa.String(10), existing_type=sa.String(30))',
+                         'op.alter_column("acc", "name", type_=sa.String(30), existing_type=sa.String(10))')  # fmt: skip
+
+    as_json = cli("check", "--database-url", database_url, "--json")
+    b3 = _by_revision(as_json.json)["b3"]
+
+    assert as_json.code == 1
+    assert (b3["status"], b3["upgrade"], b3["schema_roundtrip"], b3["reupgrade"]) == (
+        "failed",
+        "ok",
+        "ok",
+        "ok",
+    )
+    assert (b3["data_roundtrip"], b3["lost"]) == ("unverified", [])
+    [reason] = b3["unverified"]
+    assert reason.startswith("the upgrade fails on rows the schema before it allows (value too long for type "
+                             "character varying(10)) and passed only on empty tables")  # fmt: skip
+    assert b3["notes"] == []
+    assert as_json.json["summary"] == {"ok": 1, "failed": 1, "not_checked": 0}
+
+
+def test_unverified_data_in_text_output(project: Project, cli, database_url):
+    project.add_revision("b1", None, 'op.create_table("acc", sa.Column("id", sa.Integer, primary_key=True), '
+                                     'sa.Column("name", sa.String(30), nullable=False))',
+                         'op.drop_table("acc")')  # fmt: skip
+    project.add_revision("b3", "b1", 'op.alter_column("acc", "name", type_=sa.String(10), existing_type=sa.String(30))',
+                         'op.alter_column("acc", "name", type_=sa.String(30), existing_type=sa.String(10))')  # fmt: skip
+
+    result = cli("check", "--database-url", database_url)
+
+    assert result.code == 1
+    lines = result.out.splitlines()
+    assert lines[2] == ("FAILED b3 (migrations/versions/b3.py:5): upgrade ok · downgrade ok · schema ok · "
+                        "data unverified · upgrade again ok")  # fmt: skip
+    assert lines[3].startswith("    data unverified: the upgrade fails on rows the schema before it allows")
+    assert lines[-1] == "1 ok, 1 failed, 0 not checked"
 
 
 def test_branches_are_checked_in_topological_order(project: Project, cli, embedded):
@@ -513,7 +598,7 @@ def test_many_column_types_are_seeded(project: Project, cli, database_url, db):
               ident bigint GENERATED ALWAYS AS IDENTITY, rating integer CHECK (rating BETWEEN 1 AND 5),
               code text CHECK (char_length(code) = 3)
             );
-            CREATE TABLE unseedable (id int PRIMARY KEY, q tsquery NOT NULL);
+            CREATE TABLE unseedable (id int PRIMARY KEY, q circle NOT NULL);
         """)
     ''', 'op.execute("DROP TABLE unseedable, all_types; DROP DOMAIN posint; DROP TYPE color")')  # fmt: skip
     project.add_revision("r2", "r1", 'op.create_index("ix_all_types_s", "all_types", ["s"])',
@@ -523,7 +608,7 @@ def test_many_column_types_are_seeded(project: Project, cli, database_url, db):
 
     assert result.code == 0, result.out
     assert result.json["notes"] == [
-        "seeding after the upgrade of r1: public.unseedable: not seeded: no generator for type pg_catalog.tsquery "
+        "seeding after the upgrade of r1: public.unseedable: not seeded: no generator for type pg_catalog.circle "
         "of NOT NULL column q"
     ]
     row = db.execute("SELECT count(*), count(DISTINCT vc), count(DISTINCT iarr), count(ch), "
@@ -566,3 +651,251 @@ def test_a_revision_that_cannot_be_applied_leaves_its_descendants_unchecked(
     )
     assert (r3["status"], r3["error"]) == ("not_checked", "it needs r2, whose upgrade failed")
     assert result.code == 1
+
+
+def test_types_with_new_generators_show_their_lost_data(project: Project, cli, database_url):
+    project.add_revision("c1", None, """
+        op.execute("CREATE EXTENSION hstore")
+        op.execute("CREATE TYPE addr AS (street text, zip int)")
+        op.execute("CREATE TABLE person (id int PRIMARY KEY, home addr, q tsquery, l pg_lsn, o oid, "
+                   "hs int4multirange, kv hstore, homes addr[])")
+    """, 'op.execute("DROP TABLE person; DROP TYPE addr; DROP EXTENSION hstore")')  # fmt: skip
+    project.add_revision("c2", "c1", """
+        op.execute("ALTER TABLE person DROP COLUMN home, DROP COLUMN q, DROP COLUMN l, DROP COLUMN o, "
+                   "DROP COLUMN hs, DROP COLUMN kv, DROP COLUMN homes")
+    """, """
+        op.execute("ALTER TABLE person ADD COLUMN home addr, ADD COLUMN q tsquery, ADD COLUMN l pg_lsn, "
+                   "ADD COLUMN o oid, ADD COLUMN hs int4multirange, ADD COLUMN kv hstore, ADD COLUMN homes addr[]")
+    """)  # fmt: skip
+
+    result = cli("check", "--database-url", database_url, "--json")
+
+    c1, c2 = _by_revision(result.json)["c1"], _by_revision(result.json)["c2"]
+    assert (c1["status"], c1["notes"], result.json["notes"]) == ("ok", [], [])
+    assert (c2["status"], c2["data_roundtrip"], c2["unverified"]) == ("failed", "lost", [])
+    [lost] = c2["lost"]
+    assert lost["columns"] == ["home", "q", "l", "o", "hs", "kv", "homes"]
+    assert 200 < lost["changed_rows"] <= 300
+
+
+def test_columns_that_only_held_nulls_are_not_verified(project: Project, cli, database_url):
+    """No generator knows `circle`: its column is NULL in every row, so dropping and re-adding it
+    gives the same NULLs back, which proves nothing."""
+    project.add_revision("r1", None, """
+        op.create_table("shape", sa.Column("id", sa.Integer, primary_key=True), sa.Column("label", sa.Text),
+                        sa.Column("area", sa.Text))
+        op.execute('ALTER TABLE shape ADD COLUMN "ci rcle" circle, ADD COLUMN other circle')
+    """, 'op.drop_table("shape")')  # fmt: skip
+    project.add_revision("r2", "r1", 'op.create_index("ix_shape_label", "shape", ["label"])',
+                         'op.drop_index("ix_shape_label", table_name="shape")')  # fmt: skip
+    project.add_revision("r3", "r2", 'op.drop_column("shape", "ci rcle")',
+                         'op.execute(\'ALTER TABLE shape ADD COLUMN "ci rcle" circle\')')  # fmt: skip
+
+    result = cli("check", "--database-url", database_url, "--json")
+
+    revisions = _by_revision(result.json)
+    r2, r3 = revisions["r2"], revisions["r3"]
+    assert result.code == 1
+    assert (r2["status"], r2["data_roundtrip"]) == ("ok", "ok")
+    assert r2["notes"] == [
+        'public.shape: "ci rcle" (circle), other (circle) held only NULLs (no value could be generated for '
+        "them), so their data round trip is not verified"
+    ]
+    assert (r3["status"], r3["data_roundtrip"], r3["lost"], r3["schema_roundtrip"]) == (
+        "failed", "unverified", [], "ok")  # fmt: skip
+    assert r3["unverified"] == [
+        'public.shape held only NULLs in "ci rcle" (circle) (no value could be generated for them), and the '
+        'upgrade drops or changes the type of "ci rcle" (circle): whether the downgrade brings that data back '
+        "is not verified"
+    ]
+    assert r3["notes"] == [
+        "public.shape: other (circle) held only NULLs (no value could be generated for them), so their data "
+        "round trip is not verified"
+    ]
+
+
+def test_a_dropped_table_that_could_not_be_seeded_is_not_verified(project: Project, cli, database_url):
+    project.add_revision("r1", None, 'op.execute("CREATE TABLE shapes (id int PRIMARY KEY, c circle NOT NULL)")',
+                         'op.drop_table("shapes")')  # fmt: skip
+    project.add_revision("r2", "r1", 'op.drop_table("shapes")',
+                         'op.execute("CREATE TABLE shapes (id int PRIMARY KEY, c circle NOT NULL)")')  # fmt: skip
+
+    result = cli("check", "--database-url", database_url, "--json")
+
+    r2 = _by_revision(result.json)["r2"]
+    assert (r2["status"], r2["data_roundtrip"]) == ("failed", "unverified")
+    assert r2["unverified"] == [
+        "public.shapes had no rows (it could not be seeded), and the upgrade drops the table: whether the "
+        "downgrade brings that data back is not verified"
+    ]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and was reaped), so no process has it now."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child.pid, 0)
+        pytest.skip("the pid of the exited child was reused at once")
+    return child.pid
+
+
+def test_throwaway_databases_of_dead_checks_are_reclaimed(project: Project, cli, embedded):
+    from dbrollback.check.target import check_database_name
+
+    project.add_revision("r1", None, ITEMS, 'op.drop_table("items")')
+    dead = _dead_pid()
+    stale, in_use, alive = check_database_name(dead), check_database_name(dead), check_database_name()
+    foreign = CHECK_DATABASE_PREFIX + "by_hand"  # not a name a check makes: never touched
+    names = [stale, in_use, alive, foreign]
+    with psycopg.connect(embedded, autocommit=True) as admin:
+        for name in names:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with psycopg.connect(_with_database(embedded, in_use)):  # someone is looking at it
+            result = cli("check")
+        assert result.code == 0, result.err
+        assert f"Dropped 1 throwaway database(s) left by checks that did not finish: {stale}" in result.err
+        assert sorted(_check_databases(embedded)) == sorted([in_use, alive, foreign])
+    finally:
+        with psycopg.connect(embedded, autocommit=True) as admin:
+            for name in names:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _with_database(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def test_sighup_drops_the_throwaway_database(project: Project, embedded, tmp_path: Path):
+    """A closed terminal sends SIGHUP: the check unwinds as for Ctrl-C and drops its database."""
+    started = tmp_path / "started"
+    project.add_revision("r1", None, f"""
+        import pathlib, time
+        pathlib.Path({str(started)!r}).write_text("x")
+        for _ in range(2400):  # bounded: a SIGHUP that does not stop the check cannot hang the test
+            time.sleep(0.05)
+    """)  # fmt: skip
+    child = subprocess.Popen([sys.executable, "-m", "dbrollback", "check"], cwd=project.root, env=dict(os.environ),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        while not started.exists() and child.poll() is None:
+            time.sleep(0.05)
+        assert child.poll() is None, child.communicate()
+        assert len(_check_databases(embedded)) == 1
+        child.send_signal(signal.SIGHUP)
+        _, err = child.communicate()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130, err
+    assert "Interrupted." in err
+    assert _check_databases(embedded) == []
+
+
+def test_a_down_revision_naming_a_missing_revision_is_a_usage_error(project: Project, cli, embedded):
+    project.add_revision("r1", None, ITEMS, 'op.drop_table("items")')
+    project.add_revision("r2", "zzz", 'op.add_column("items", sa.Column("x", sa.Integer))',
+                         'op.drop_column("items", "x")')  # fmt: skip
+
+    result = cli("check")
+    as_json = cli("check", "--json")
+
+    assert result.code == 2
+    assert "Unexpected" not in result.err and "UserWarning" not in result.err
+    assert f"revision r2 ({project.versions / 'r2.py'}) names zzz, which does not exist" in result.err
+    assert "dbrollback lint" in result.err
+    assert as_json.code == 2
+    assert as_json.json["error"] == "broken_history"
+    assert (as_json.json["revision"], as_json.json["path"]) == ("r2", str(project.versions / "r2.py"))
+    assert _check_databases(embedded) == []
+
+
+def test_two_files_with_one_revision_id_are_a_usage_error(project: Project, cli, embedded):
+    project.add_revision("r1", None, ITEMS, 'op.drop_table("items")')
+    project.add_revision("r2", "r1", 'op.add_column("items", sa.Column("x", sa.Integer))',
+                         'op.drop_column("items", "x")')  # fmt: skip
+    (project.versions / "r2_copy.py").write_text((project.versions / "r2.py").read_text())
+
+    result = cli("check", "--json")
+
+    assert result.code == 2, result.out
+    assert result.json["error"] == "broken_history"
+    assert result.json["revision"] == "r2"
+    assert "revision r2 is defined in 2 files" in result.json["message"]
+    assert "UserWarning" not in result.err
+    assert _check_databases(embedded) == []
+
+
+def test_a_revision_that_does_not_compile_is_a_usage_error(project: Project, cli, embedded):
+    project.add_revision("r1", None, ITEMS, 'op.drop_table("items")')
+    project.add_revision("r2", "r1", "op.add_column(", "pass")
+    project.add_revision("r3", "r1", "pass", "pass", header="oops = undefined_name\n")
+
+    result = cli("check", "--json")
+
+    assert result.code == 2
+    assert result.json["error"] == "broken_history"
+    assert result.json["path"] == str(project.versions / "r2.py")
+    assert result.json["line"] == 11
+    assert "dbrollback lint" in result.json["message"]
+    (project.versions / "r2.py").unlink()
+
+    result = cli("check")
+
+    assert result.code == 2
+    assert "Unexpected" not in result.err
+    assert (
+        f"The revision file {project.versions / 'r3.py'}:9 raised while being imported (NameError"
+        in result.err
+    )
+
+
+def test_to_base_still_validates_from(project: Project, cli, database_url):
+    project.add_revision("r1", None, ITEMS, 'op.drop_table("items")')
+    project.add_revision("r2", "r1", 'op.add_column("items", sa.Column("x", sa.Integer))',
+                         'op.drop_column("items", "x")')  # fmt: skip
+
+    unknown = cli("check", "--database-url", database_url, "--from", "nope", "--to", "base")
+    above = cli("check", "--database-url", database_url, "--from", "r2", "--to", "base", "--json")
+    nothing = cli("check", "--database-url", database_url, "--from", "base", "--to", "base")
+
+    assert unknown.code == 2 and "nope" in unknown.err
+    assert above.code == 2 and above.json["error"] == "empty_range"
+    assert nothing.code == 0 and nothing.out == "No revisions to check.\n"
+
+
+def test_prints_in_revisions_do_not_corrupt_json(project: Project, cli, embedded):
+    project.add_revision("r1", None, 'print("upgrading r1")\n' + ITEMS, 'print("downgrading r1")\nop.drop_table("items")',
+                         header='print("importing r1")\n')  # fmt: skip
+
+    as_flag = cli("check", "--json")
+    as_format = cli("check", "--format", "json")
+
+    for result in (as_flag, as_format):
+        assert result.code == 0, result.err
+        assert result.json["ok"] is True
+        assert (
+            "importing r1" in result.err and "upgrading r1" in result.err and "downgrading r1" in result.err
+        )
+
+
+def test_a_column_the_previous_revision_added_gets_values_before_it_is_dropped(project: Project, cli,
+                                                                              database_url):  # fmt: skip
+    project.add_revision("r1", None, ITEMS, 'op.drop_table("items")')
+    project.add_revision("r2", "r1", 'op.add_column("items", sa.Column("note", sa.Text))',
+                         'op.drop_column("items", "note")')  # fmt: skip
+    project.add_revision("r3", "r2", 'op.drop_column("items", "note")',
+                         'op.add_column("items", sa.Column("note", sa.Text))')  # fmt: skip
+
+    result = cli("check", "--database-url", database_url, "--json")
+
+    r3 = _by_revision(result.json)["r3"]
+    assert (r3["status"], r3["data_roundtrip"], r3["unverified"], r3["notes"]) == ("failed", "lost", [], [])
+    [lost] = r3["lost"]
+    # r2's re-upgrade left the 360 rows r2 saw with an empty `note`; 60 rows with notes were added.
+    assert (lost["columns"], lost["compared_rows"]) == (["note"], 420)
+    assert 0 < lost["changed_rows"] <= 60

@@ -54,6 +54,10 @@ class TableRows:
         return cls(table.qualified, table.display, table.column_names, table.column_types, table.column_casts,
                    table.row_key(), tuple(rows))  # fmt: skip
 
+    def null_only_columns(self) -> list[str]:
+        """Columns that are NULL in every row (every column of an empty table)."""
+        return [c for i, c in enumerate(self.columns) if all(row[i] is None for row in self.rows)]
+
     def with_rows(self, rows: list[Row]) -> TableRows:
         return TableRows(
             self.table, self.display, self.columns, self.types, self.casts, self.key, tuple(rows)

@@ -21,6 +21,7 @@ def details(check: RevisionCheck) -> list[str]:
     """One line per problem found (schema differences may span several lines)."""
     lines = [f"schema: {d.message}" for d in check.schema_differences]
     lines += [f"data: {item.message}" for item in check.lost]
+    lines += [f"data unverified: {reason}" for reason in check.unverified]
     lines += [f"error: {e}" for e in check.errors]
     return lines
 

@@ -11,6 +11,7 @@ from dbrollback.check.schema import SchemaDifference
 __all__ = ["CheckResult", "RevisionCheck"]
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"
+LOST, UNVERIFIED = "lost", "unverified"
 
 
 @dataclass
@@ -23,8 +24,9 @@ class RevisionCheck:
     downgrade: str = SKIPPED  # ok | error | skipped
     schema_roundtrip: str = SKIPPED  # ok | diff | skipped
     schema_differences: list[SchemaDifference] = field(default_factory=list)
-    data_roundtrip: str = SKIPPED  # ok | lost | skipped
+    data_roundtrip: str = SKIPPED  # ok | lost | unverified | skipped
     lost: list[LostData] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)  # why data could not be proven to come back
     reupgrade: str = SKIPPED  # ok | error | skipped
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # seeding problems, retries; not failures
@@ -35,7 +37,7 @@ class RevisionCheck:
         if self.not_checked is not None:
             return "not_checked"
         failed = (ERROR in (self.upgrade, self.downgrade, self.reupgrade) or self.schema_roundtrip == "diff"
-                  or self.data_roundtrip == "lost")  # fmt: skip
+                  or self.data_roundtrip in (LOST, UNVERIFIED))  # fmt: skip
         return "failed" if failed else "ok"
 
     @property
@@ -55,6 +57,7 @@ class RevisionCheck:
             "schema_differences": [d.to_dict() for d in self.schema_differences],
             "data_roundtrip": self.data_roundtrip,
             "lost": [item.to_dict() for item in self.lost],
+            "unverified": list(self.unverified),
             "reupgrade": self.reupgrade,
             "error": self.error,
             "notes": list(self.notes),

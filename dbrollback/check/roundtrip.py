@@ -2,7 +2,8 @@
 
 For each revision R (its parents applied):
 
-1. every empty user table is seeded; the schema S0 and every table's rows D0 are recorded;
+1. every empty user table is seeded, and tables with a column NULL in every row (one the revision
+   before added) get more rows; the schema S0 and every table's rows D0 are recorded;
 2. R is upgraded (its own transaction); every table gets more generated rows (empty ones the full
    amount), the rows written now being remembered as D1;
 3. R is downgraded; the schema S1 is compared with S0; D0 and D1 are compared with what is left,
@@ -14,9 +15,15 @@ against the rows earlier revisions saw (and tables dropped and recreated empty a
 
 Nothing stops the run at the first failure:
 
-* an upgrade that fails on the generated rows is retried on empty tables (the revision fails, the
-  rest of its check runs on those); if it fails there too, R and everything that needs R are
+* an upgrade that fails on the generated rows is retried on fresh rows without NULLs in nullable
+  columns (a SET NOT NULL real data would pass: a note, not a failure), then on empty tables: an
+  upgrade that passes only there fails on rows the schema before it allows, so production data can
+  make it fail too, and the data of rows written before it cannot be checked — ``data_roundtrip`` is
+  ``unverified``, a failure. If it fails on empty tables too, R and everything that needs R are
   reported as not checked, and the other branches go on;
+* a column that held only NULLs before the upgrade (no value could be generated for its type)
+  proves nothing when the upgrade drops it or changes its type and the downgrade brings it back:
+  ``unverified`` too (a note when the upgrade leaves it alone);
 * a downgrade that fails is rolled back; if the schema is then exactly what the upgrade left,
   the run goes on from there;
 * when the database is left somewhere the next revisions cannot start from (a failed re-upgrade,
@@ -44,12 +51,12 @@ from dbrollback.check.data import (
     pin_output_settings,
     read_rows,
 )
-from dbrollback.check.result import ERROR, OK, RevisionCheck
+from dbrollback.check.result import ERROR, LOST, OK, UNVERIFIED, RevisionCheck
 from dbrollback.check.revisions import PlannedRevision
 from dbrollback.check.schema import SchemaSnapshot, capture_schema, diff_schemas
 from dbrollback.check.seed import Seeder, SeedOutcome
 from dbrollback.check.steps import RevisionDriver, SameDatabaseGuard, StepError
-from dbrollback.check.tables import QualifiedName, TableInfo, describe_tables
+from dbrollback.check.tables import QualifiedName, TableInfo, describe_tables, quote_name
 from dbrollback.check.target import Target, Workspace
 from dbrollback.database import connect
 
@@ -113,31 +120,15 @@ def check_revision(session: Session, planned: PlannedRevision, seeder: Seeder,
                    seeding: SeedingNotes) -> tuple[RevisionCheck, str]:  # fmt: skip
     """Up, down and up again for one revision; returns the report and the state it left."""
     check = RevisionCheck(planned.revision, planned.doc, planned.path, planned.line)
-    seeding.add(planned.revision, seeder.fill_empty(session.conn, session.tables()), "before")
+    rows = _seed_before(session, planned.revision, seeder, seeding)
     before_schema = session.schema()
-    before_rows = session.read_all(session.tables())
-    try:
-        session.driver.upgrade(planned.revision)
-        check.upgrade = OK
-    except StepError as exc:
-        # Generated rows can break an upgrade real data would pass (NULLs in a column it makes
-        # NOT NULL after an earlier revision filled it, say): that is not what check is about, so
-        # the upgrade is retried on empty tables and the round trip checked from there.
-        session.truncate_all()
-        try:
-            session.driver.upgrade(planned.revision)
-        except StepError as again:
-            check.upgrade = ERROR
-            check.errors.append(f"upgrade failed: {again.detail}")
-            return check, NOT_APPLIED
-        check.upgrade = OK
-        check.notes.append(
-            f"the upgrade failed on the generated rows ({exc.detail}) and succeeded on empty "
-            "tables; this revision was checked from there"
-        )
-        before_rows = {}
+    upgraded_rows = _upgrade(session, planned.revision, seeder, seeding, check, rows)
+    if upgraded_rows is None:
+        return check, NOT_APPLIED
+    before_rows = upgraded_rows
     upgraded_schema = session.schema()
     upgraded_tables = {t.qualified: t for t in session.tables()}
+    _check_null_only_columns(check, before_rows, upgraded_tables)
     seeded = seeder.add_rows(session.conn, list(upgraded_tables.values()))
     seeding.add(planned.revision, seeded, "after the upgrade of")
     written_after = {
@@ -158,7 +149,7 @@ def check_revision(session: Session, planned: PlannedRevision, seeder: Seeder,
     check.lost = _losses(session, before_rows, after_rows, STAGE_BEFORE_UPGRADE) + _losses(
         session, written_after, after_rows, STAGE_AFTER_UPGRADE
     )
-    check.data_roundtrip = "lost" if check.lost else OK
+    check.data_roundtrip = LOST if check.lost else UNVERIFIED if check.unverified else OK
     try:
         session.driver.upgrade(planned.revision)
         check.reupgrade = OK
@@ -167,6 +158,91 @@ def check_revision(session: Session, planned: PlannedRevision, seeder: Seeder,
         check.errors.append(f"upgrade after the downgrade failed: {exc.detail}")
         return check, UNUSABLE
     return check, APPLIED
+
+
+def _seed_before(session: Session, revision: str, seeder: Seeder,
+                 seeding: SeedingNotes) -> dict[QualifiedName, TableRows]:  # fmt: skip
+    """Seed empty tables, and top up those with a column NULL in every row; returns all rows."""
+    seeding.add(revision, seeder.fill_empty(session.conn, session.tables()), "before")
+    tables = session.tables()
+    rows = session.read_all(tables)
+    null_only = {name: table.null_only_columns() for name, table in rows.items() if table.rows}
+    if any(null_only.values()):
+        topped = seeder.top_up(session.conn, tables, null_only)
+        if topped.inserted:
+            seeding.add(revision, topped, "before")
+            rows = session.read_all(tables)
+    return rows
+
+
+def _upgrade(session: Session, revision: str, seeder: Seeder, seeding: SeedingNotes, check: RevisionCheck,
+             rows: dict[QualifiedName, TableRows]) -> dict[QualifiedName, TableRows] | None:  # fmt: skip
+    """Upgrade ``revision``, retrying as the module docstring says; returns the rows present just
+    before the upgrade that passed (what the data round trip is checked against), None if none did."""
+    try:
+        session.driver.upgrade(revision)
+        check.upgrade = OK
+        return rows
+    except StepError as exc:
+        failure = exc
+    # Generated NULLs can break an upgrade real data would pass (a column made NOT NULL after an
+    # earlier revision filled it), so the same round trip is tried on rows without them.
+    if any(None in row for table in rows.values() for row in table.rows):
+        session.truncate_all()
+        seeding.add(revision, seeder.fill_empty(session.conn, session.tables(), without_nulls=True), "before")
+        rows = session.read_all(session.tables())
+        try:
+            session.driver.upgrade(revision)
+        except StepError as exc:
+            failure = exc
+        else:
+            check.upgrade = OK
+            check.notes.append(
+                f"the upgrade failed on the generated rows ({failure.detail}) and passed on new rows "
+                "without NULLs in nullable columns; this revision was checked on those"
+            )
+            return rows
+    session.truncate_all()
+    try:
+        session.driver.upgrade(revision)
+    except StepError as exc:
+        check.upgrade = ERROR
+        check.errors.append(f"upgrade failed: {exc.detail}")
+        return None
+    check.upgrade = OK
+    check.unverified.append(
+        f"the upgrade fails on rows the schema before it allows ({failure.detail}) and passed only on "
+        "empty tables, so whether the downgrade brings back data written before the upgrade was not "
+        "checked; data like these rows in a real database would make this upgrade fail too"
+    )
+    return {}
+
+
+def _check_null_only_columns(check: RevisionCheck, before: dict[QualifiedName, TableRows],
+                             upgraded: dict[QualifiedName, TableInfo]) -> None:  # fmt: skip
+    """A column that held only NULLs proves nothing when the upgrade drops it or changes its type:
+    a downgrade re-adding it empty would give the same NULLs back."""
+    for name, rows in before.items():
+        after = upgraded.get(name)
+        after_types = dict(zip(after.column_names, after.column_types, strict=True)) if after else {}
+        idle = [(column, rows.types[rows.columns.index(column)]) for column in rows.null_only_columns()]
+        touched = ", ".join(f"{quote_name(c)} ({t})" for c, t in idle if after_types.get(c) != t)
+        untouched = ", ".join(f"{quote_name(c)} ({t})" for c, t in idle if after_types.get(c) == t)
+        if touched:
+            if rows.rows:
+                held = f"held only NULLs in {touched} (no value could be generated for them)"
+            else:
+                held = "had no rows (it could not be seeded)"
+            change = "drops the table" if after is None else f"drops or changes the type of {touched}"
+            check.unverified.append(
+                f"{rows.display} {held}, and the upgrade {change}: whether the downgrade brings that "
+                "data back is not verified"
+            )
+        if untouched and rows.rows:
+            check.notes.append(
+                f"{rows.display}: {untouched} held only NULLs (no value could be generated for them), "
+                "so their data round trip is not verified"
+            )
 
 
 def _losses(session: Session, before: dict[QualifiedName, TableRows], after: dict[QualifiedName, TableRows],

@@ -6,6 +6,11 @@ batch is refused (a CHECK the generator did not satisfy, a unique clash with row
 inserted, a trigger) its rows are retried one by one with fresh values, then with values taken from
 the CHECK constraints, then with defaults and NULLs; rows still refused are dropped and counted.
 A table that cannot get any row is reported, never fatal.
+
+A tenth of the values of nullable columns are NULL, unless the rows are asked for ``without_nulls``
+(what `check` retries an upgrade with when it failed on the generated rows — typically a SET NOT
+NULL that real data, filled by an earlier revision, would pass): then only a column with no value
+generator, or a nullable foreign key whose parent is empty, is left NULL.
 """
 
 from __future__ import annotations
@@ -71,6 +76,16 @@ def parents_first(tables: list[TableInfo]) -> list[TableInfo]:
     return order
 
 
+def _can_generate(column: ColumnInfo) -> bool:
+    if column.filled_by_server:
+        return False
+    try:
+        generate(column.type, 1, random.Random(0))
+    except Unsupported:
+        return False
+    return True
+
+
 def _literal(text: str | None, vtype: ValueType) -> sql.Composable:
     if text is None:
         return _NULL
@@ -95,14 +110,36 @@ class Seeder:
         self.extra_rows = max(1, rows // 5) if extra_rows is None else extra_rows
         self._next_row: dict[QualifiedName, int] = {}
         self._unusable: set[str] = set()  # of the table being filled
+        self._null_share = _NULL_SHARE
+        # Columns that got no value in a whole round of generated rows (refused by a CHECK, say).
+        self._never_filled: set[tuple[QualifiedName, str, int]] = set()
 
-    def fill_empty(self, conn: psycopg.Connection, tables: list[TableInfo]) -> SeedOutcome:
+    def fill_empty(self, conn: psycopg.Connection, tables: list[TableInfo], *,
+                   without_nulls: bool = False) -> SeedOutcome:  # fmt: skip
         """Give every empty table ``rows`` rows; tables with rows are left alone."""
-        return self._seed(conn, tables, extra=0)
+        self._null_share = 0.0 if without_nulls else _NULL_SHARE
+        try:
+            return self._seed(conn, tables, extra=0)
+        finally:
+            self._null_share = _NULL_SHARE
 
     def add_rows(self, conn: psycopg.Connection, tables: list[TableInfo]) -> SeedOutcome:
         """Add ``extra_rows`` rows to every table (``rows`` to empty ones)."""
         return self._seed(conn, tables, extra=self.extra_rows)
+
+    def top_up(self, conn: psycopg.Connection, tables: list[TableInfo],
+               null_only: dict[QualifiedName, list[str]]) -> SeedOutcome:  # fmt: skip
+        """Add ``extra_rows`` rows to each table in which a column values can be generated for is
+        NULL in every row (a column an earlier revision added to rows that were there), so that its
+        round trip is checked on values rather than on NULLs. Not for a column a round of generated
+        rows already left NULL everywhere: more of them would not fill it either."""
+        wanted = []
+        for table in tables:
+            columns = [table.column(c) for c in null_only.get(table.qualified, ())]
+            if any(_can_generate(c) and (table.qualified, c.name, c.attnum) not in self._never_filled
+                   for c in columns):  # fmt: skip
+                wanted.append(table)
+        return self._seed(conn, wanted, extra=self.extra_rows)
 
     # -- internals --------------------------------------------------------------------------------
     def _seed(self, conn: psycopg.Connection, tables: list[TableInfo], extra: int) -> SeedOutcome:
@@ -121,6 +158,14 @@ class Seeder:
         return outcome
 
     def _fill(self, conn: psycopg.Connection, table: TableInfo, wanted: int) -> tuple[list[Row], str | None]:
+        rows, problem = self._fill_rows(conn, table, wanted)
+        for i, column in enumerate(table.columns):
+            if rows and all(row[i] is None for row in rows):
+                self._never_filled.add((table.qualified, column.name, column.attnum))
+        return rows, problem
+
+    def _fill_rows(self, conn: psycopg.Connection, table: TableInfo,
+                   wanted: int) -> tuple[list[Row], str | None]:  # fmt: skip
         columns = [c for c in table.columns if not c.filled_by_server]
         self._unusable = self._unusable_generators(conn, table, columns)
         parent_keys = self._parent_keys(conn, table, None)
@@ -252,7 +297,7 @@ class Seeder:
         for fk in table.foreign_keys:
             options = parent_keys.get(fk.name) or []
             nullable = not any(table.column(c).not_null for c in fk.columns)
-            leave_null = nullable and self._rng(table, fk.name, n, attempt).random() < _NULL_SHARE
+            leave_null = nullable and self._rng(table, fk.name, n, attempt).random() < self._null_share
             if not options or leave_null:
                 for name in fk.columns:
                     values.setdefault(name, _NULL)
@@ -270,7 +315,7 @@ class Seeder:
         last = attempt == _ATTEMPTS - 1
         if last and column.default is not None:
             return _DEFAULT
-        if not column.not_null and (last or rng.random() < _NULL_SHARE):
+        if not column.not_null and (last or rng.random() < self._null_share):
             return _NULL
         hints = table.check_hints.get(column.name, ()) if attempt == 1 else None
         try:

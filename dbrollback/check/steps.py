@@ -8,12 +8,17 @@ Before any step, the connection env.py opened is checked against the throwaway d
 check's own connection holds a random advisory lock, and env.py's connection must see that lock in
 its own database. An env.py that ignores the URL dbrollback passes (reading its own from the
 environment, say) would otherwise run downgrades and inserts against a real database.
+
+Migration code (env.py, revision modules, upgrade() and downgrade()) runs with its stdout sent to
+stderr: a print() in a revision must not end up inside `check --json`'s document.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +32,16 @@ from dbrollback.check.tables import VersionTable
 from dbrollback.errors import RefusedForSafety
 from dbrollback.urls import redact
 
-__all__ = ["RevisionDriver", "SameDatabaseGuard", "StepError"]
+__all__ = ["RevisionDriver", "SameDatabaseGuard", "StepError", "migration_output_to_stderr"]
 
 _NO_TIMEOUTS = Timeouts(None, None, 0)
+
+
+@contextlib.contextmanager
+def migration_output_to_stderr() -> Iterator[None]:
+    """While the project's code runs, what it prints goes to stderr (stdout carries the report)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 class StepError(Exception):
@@ -102,7 +114,8 @@ class RevisionDriver:
                                 tuple(context.get_current_heads())))  # fmt: skip
             return []
 
-        self._runner._run_env(fn, {"dont_mutate": True}, destination=None)
+        with migration_output_to_stderr():
+            self._runner._run_env(fn, {"dont_mutate": True}, destination=None)
         if not found:
             raise RefusedForSafety(
                 "The project's env.py did not run migrations online (context.run_migrations() was not "
@@ -118,7 +131,8 @@ class RevisionDriver:
 
     def _step(self, revision: str, *, upgrade: bool) -> None:
         script_directory = self.project.script
-        script = script_directory.get_revision(revision)
+        with migration_output_to_stderr():  # the first lookup imports the revision files
+            script = script_directory.get_revision(revision)
         assert script is not None
 
         def fn(heads: tuple[str, ...], context: MigrationContext) -> Iterable[Any]:
@@ -127,7 +141,8 @@ class RevisionDriver:
             return [make(script_directory.revision_map, script)]
 
         try:
-            self._runner._run_env(fn, {"transaction_per_migration": True}, destination=None)
+            with migration_output_to_stderr():
+                self._runner._run_env(fn, {"transaction_per_migration": True}, destination=None)
         except RefusedForSafety:
             raise
         except Exception as exc:

@@ -1,8 +1,9 @@
 """What the seeder and the data comparison need to know about the user tables, read from pg_catalog.
 
-Types are resolved through domains to their base type (arrays to their element, ranges to their
-subtype), so a value generator can be chosen for them; the name used in casts stays the column's
-own type, so a domain's checks still apply to generated values.
+Types are resolved through domains to their base type (arrays to their element, ranges and
+multiranges to their subtype, composite types to their attributes' types), so a value generator can
+be chosen for them; the name used in casts stays the column's own type, so a domain's checks still
+apply to generated values.
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ class VersionTable:
 @dataclass(frozen=True)
 class ValueType:
     sql_name: str  # qualified name without typmod: what generated literals are cast to
-    base: str  # base type name after domains (int4, varchar, …), "enum", "array", "range"
+    # base type name after domains (int4, varchar, …), "enum", "array", "range", "multirange",
+    # "composite"
+    base: str
     category: str  # pg_type.typcategory of the base type
     typmod: int
     labels: tuple[str, ...] = ()  # enum labels in order
-    element: ValueType | None = None  # arrays: the element type; ranges: the subtype
+    element: ValueType | None = None  # arrays: the element type; (multi)ranges: the subtype
     hints: tuple[str, ...] = ()  # literals from a domain's CHECK constraints
+    fields: tuple[ValueType, ...] = ()  # composite types: their attributes' types, in order
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,19 @@ SELECT t.oid, t.typname, t.typtype, t.typcategory, t.typelem, t.typbasetype, t.t
              ORDER BY e.enumsortorder),
        (SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid),
        ARRAY(SELECT pg_catalog.pg_get_constraintdef(k.oid) FROM pg_catalog.pg_constraint k
-             WHERE k.contypid = t.oid AND k.contype = 'c')
+             WHERE k.contypid = t.oid AND k.contype = 'c'),
+       t.typrelid
 FROM pg_catalog.pg_type t WHERE t.oid = %s
+"""
+
+# Only asked for a multirange type (typtype 'm'), which exists from PostgreSQL 14 on, as does the column.
+_MULTIRANGE_SUBTYPE_SQL = """
+SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngmultitypid = %s
+"""
+
+_COMPOSITE_FIELDS_SQL = """
+SELECT a.atttypid, a.atttypmod FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
 """
 
 
@@ -203,7 +218,7 @@ class _TypeResolver:
     def _resolve(self, oid: int, typmod: int, sql_name: str, hints: tuple[str, ...]) -> ValueType:
         row = self.conn.execute(_TYPES_SQL, (oid,)).fetchone()
         assert row is not None, oid
-        _, typname, typtype, category, elem, basetype, domain_typmod, labels, subtype, checks = row
+        _, typname, typtype, category, elem, basetype, domain_typmod, labels, subtype, checks, relid = row
         if typtype == "d":  # a domain: generate for its base type, cast to the domain
             base_typmod = typmod if typmod != -1 else domain_typmod
             return self._resolve(basetype, base_typmod, sql_name, hints + literal_hints(list(checks)))
@@ -212,6 +227,17 @@ class _TypeResolver:
         if typtype == "r" and subtype is not None:
             sub = self._resolve(subtype, -1, self._sql_name(subtype), ())
             return ValueType(sql_name, "range", category, typmod, element=sub, hints=hints)
+        if typtype == "m":
+            found = self.conn.execute(_MULTIRANGE_SUBTYPE_SQL, (oid,)).fetchone()
+            if found is not None:
+                sub = self._resolve(found[0], -1, self._sql_name(found[0]), ())
+                return ValueType(sql_name, "multirange", category, typmod, element=sub, hints=hints)
+        if typtype == "c" and relid:
+            fields = tuple(
+                self._resolve(field_oid, field_typmod, self._sql_name(field_oid), ())
+                for field_oid, field_typmod in self.conn.execute(_COMPOSITE_FIELDS_SQL, (relid,)).fetchall()
+            )
+            return ValueType(sql_name, "composite", category, typmod, hints=hints, fields=fields)
         if category == "A" and elem:
             element = self._resolve(elem, typmod, self._sql_name(elem), ())
             return ValueType(sql_name, "array", category, typmod, element=element, hints=hints)

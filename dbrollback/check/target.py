@@ -1,8 +1,14 @@
 """Where `check` runs: never against real data.
 
-By default, a new database ``dbrb_check_<hex>`` on the embedded server (started if it is not
+By default, a new database ``dbrb_check_<pid>_<hex>`` on the embedded server (started if it is not
 running; a running one is reused), dropped afterwards, also on failure. When a revision leaves the
 database in a state the next revisions cannot start from, the check asks for a fresh one.
+
+A check killed outright (SIGKILL, power loss) cannot drop its database. The process id in the name
+is what lets a later check on the same embedded server (which is local: its processes are this
+machine's) recognise such leftovers: a ``dbrb_check_<pid>_<hex>`` database whose process is gone
+and that nobody is connected to is dropped when the next check starts. One whose process still
+lives — a check running in another terminal — is never touched.
 
 With a configured database URL, that database is used as it is, but only if it has no user tables;
 otherwise the check refuses (exit 3) and changes nothing. It is left at the last revision checked,
@@ -12,6 +18,8 @@ with the generated rows; a fresh one cannot be made there.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +36,14 @@ __all__ = ["CHECK_DATABASE_PREFIX", "Workspace", "open_workspace"]
 
 CHECK_DATABASE_PREFIX = "dbrb_check_"
 Notify = Callable[[str], None]
+
+_OWNED_NAME = re.compile(re.escape(CHECK_DATABASE_PREFIX) + r"([0-9]+)_[0-9a-f]+")
+_UNUSED_CHECK_DATABASES_SQL = """
+SELECT d.datname FROM pg_catalog.pg_database d
+WHERE d.datname LIKE %s
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid)
+ORDER BY 1
+"""
 
 _USER_TABLES_SQL = f"""
 SELECT n.nspname, c.relname
@@ -80,7 +96,7 @@ class Workspace:
 
     def _create(self) -> Target:
         assert self._admin is not None
-        name = f"{CHECK_DATABASE_PREFIX}{secrets.token_hex(6)}"
+        name = check_database_name()
         with connect(self._admin, "check") as admin:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
         self._created.append(name)
@@ -100,6 +116,49 @@ class Workspace:
     def close(self) -> None:
         for name in list(self._created):
             self._drop(name)
+
+
+def check_database_name(pid: int | None = None) -> str:
+    return f"{CHECK_DATABASE_PREFIX}{os.getpid() if pid is None else pid}_{secrets.token_hex(5)}"
+
+
+def _process_gone(pid: int) -> bool:
+    """True only when no process ``pid`` exists here; any doubt counts as alive."""
+    if os.name != "posix" or pid <= 0:
+        return False  # Windows' os.kill terminates; pid 0 would mean our own process group
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False  # PermissionError: it exists, under another user
+    return False
+
+
+def reclaim_stale_databases(admin: Database, notify: Notify) -> list[str]:
+    """Drop the throwaway databases of checks that died without dropping them; returns their names.
+
+    Only names of the ``dbrb_check_<pid>_<hex>`` form, whose process no longer exists and that have
+    no connection. A connection made between the look-up and the DROP makes the DROP fail (it is not
+    forced), and the database stays.
+    """
+    dropped: list[str] = []
+    with connect(admin, "check") as conn:
+        pattern = CHECK_DATABASE_PREFIX.replace("_", r"\_") + "%"
+        names = [row[0] for row in conn.execute(_UNUSED_CHECK_DATABASES_SQL, (pattern,)).fetchall()]
+        for name in names:
+            owner = _OWNED_NAME.fullmatch(name)
+            if owner is None or not _process_gone(int(owner.group(1))):
+                continue
+            try:
+                conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+            except psycopg.Error:
+                continue
+            dropped.append(name)
+    if dropped:
+        notify(f"Dropped {len(dropped)} throwaway database(s) left by checks that did not finish: "
+               + ", ".join(dropped))  # fmt: skip
+    return dropped
 
 
 def _refuse_if_tables(database: Database) -> None:
@@ -126,6 +185,7 @@ def open_workspace(settings: Settings, *, embedded: bool, notify: Notify) -> Ite
     else:
         admin = resolve_database(settings.model_copy(update={"database_url": None}))
         notify(f"Checking on a throwaway database on the embedded PostgreSQL at {settings.embedded_pgdata}")
+        reclaim_stale_databases(admin, notify)
         workspace = Workspace(admin, None, notify)
     try:
         yield workspace

@@ -112,6 +112,14 @@ def generate(vtype: ValueType, n: int, rng: random.Random, hints: tuple[str, ...
         assert vtype.element is not None
         bound = generate(vtype.element, n, rng)
         return f"[{_quote_element(bound)},{_quote_element(bound)}]"
+    if base == "multirange":
+        assert vtype.element is not None
+        bound = generate(vtype.element, n, rng)
+        return f"{{[{_quote_element(bound)},{_quote_element(bound)}]}}"
+    if base == "composite":
+        if not vtype.fields:
+            raise Unsupported(vtype.sql_name)
+        return "(" + ",".join(_quote_element(generate(f, n, rng)) for f in vtype.fields) + ")"
     if base in _INTEGER_LIMITS:
         return str(n % _INTEGER_LIMITS[base] + 1)
     if base == "numeric":
@@ -164,4 +172,12 @@ def generate(vtype: ValueType, n: int, rng: random.Random, hints: tuple[str, ...
         return f"w{n} {_base36(n)}x"
     if base == "point":
         return f"({n},{rng.randint(0, 99)})"
+    if base == "oid":
+        return str(n % 4_000_000_000 + 1)
+    if base == "pg_lsn":
+        return f"{n:X}/{rng.getrandbits(32):X}"
+    if base == "tsquery":
+        return f"w{n} & {_base36(n)}x"
+    if base == "hstore":  # the extension's type
+        return f'"n"=>"{n}", "label"=>{_quote_element(rng.choice(_WORDS))}'
     raise Unsupported(vtype.sql_name)

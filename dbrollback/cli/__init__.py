@@ -76,6 +76,10 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    # A closed terminal or SSH session: unwind the same way. Not under `nohup`, which ignores
+    # SIGHUP on purpose.
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, _terminate)
     state = AppState()
     code = run(argv, state)
     sys.exit(code)
