@@ -37,3 +37,43 @@ def test_explicit_paths_and_a_file_that_does_not_import(project: Project, cli) -
     (finding,) = result.json
     assert finding["rule"] == "syntax-error" and finding["line"] == 3
     assert cli("lint", str(project.versions / "nope.py")).code == 2  # not a path: usage error
+
+
+PRINTING = 'print("upgrading t")\nop.add_column("t", sa.Column("note", sa.Text))'
+
+
+def test_revisions_that_print_do_not_corrupt_json_or_sarif(project: Project, cli) -> None:
+    project.add_revision("a1", None, PRINTING, 'print("down")\nop.drop_column("t", "note")',
+                         header='print("imported a1")\n')  # fmt: skip
+    project.add_revision("b2", "a1", 'op.drop_column("t", "legacy")', "pass")
+    for output in ("sarif", "json"):
+        result = cli("lint", "--format", output)
+        assert result.code == 1
+        document = result.json  # stdout is exactly the document
+        assert document
+        assert "imported a1" in result.err and "upgrading t" in result.err and "down" in result.err
+
+
+def test_worker_processes_keep_stdout_for_the_document(project: Project) -> None:
+    """Above 64 files lint runs in worker processes: also what revisions write below Python's
+    sys.stdout (os.write to descriptor 1) must stay out of stdout."""
+    import json
+    import subprocess
+    import sys
+
+    previous = None
+    for number in range(70):
+        revision = f"r{number:02d}"
+        upgrade = PRINTING.replace('"note"', f'"n{number}"')
+        if number % 10 == 0:
+            upgrade = f'import os\nos.write(1, b"raw bytes from {revision}\\n")\n{upgrade}'
+        project.add_revision(revision, previous, upgrade, f'op.drop_column("t", "n{number}")')
+        previous = revision
+    done = subprocess.run(
+        [sys.executable, "-m", "dbrollback", "lint", str(project.versions), "--format", "json"],
+        cwd=project.root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    findings = json.loads(done.stdout)
+    assert {f["rule"] for f in findings} == {"downgrade-drops-new-data"} and len(findings) == 70
+    assert "raw bytes from r10" in done.stderr and "upgrading t" in done.stderr

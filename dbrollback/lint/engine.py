@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -15,14 +14,21 @@ from typing import Literal
 
 from dbrollback.errors import ConfigError
 from dbrollback.lint.findings import Finding, GraphRule, LintContext, Severity, apply_suppressions
-from dbrollback.lint.graph import GraphEntry, read_graph_entry
+from dbrollback.lint.graph import (
+    REVISION_ASSIGNMENT,
+    GraphEntry,
+    RevisionGraph,
+    UnreadableRevision,
+    python_files,
+    read_graph_entry,
+)
+from dbrollback.lint.history import RevisionHistory
 from dbrollback.lint.recorder import record_revision
 from dbrollback.lint.rules import ALL_RULES, RULES_BY_ID, run_rules
 
 __all__ = ["LintConfig", "LintReport", "SkippedFile", "lint", "revision_files"]
 
 RuleSetting = Literal["error", "warning", "info", "off"]
-_REVISION_ASSIGNMENT = re.compile(r"^revision\s*(:[^=]*)?=", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -74,18 +80,14 @@ def revision_files(paths: list[Path]) -> list[Path]:
     """The .py files named, or found below the directories named, in a stable order."""
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*.py")) if "__pycache__" not in p.parts)
-        else:
-            found.append(path)
-    return list(dict.fromkeys(p.resolve() for p in found))
+        found.extend(python_files([path]) if path.is_dir() else [path.resolve()])
+    return list(dict.fromkeys(found))
 
 
-def _graph_universe(paths: list[Path]) -> list[Path]:
-    """Every .py file of the directories the graph rules must see: the directories named, and the
-    directory of each file named (a pre-commit hook passes single files)."""
-    directories = [p if p.is_dir() else p.parent for p in paths]
-    return revision_files(list(dict.fromkeys(d.resolve() for d in directories)))
+def _graph_directories(paths: list[Path]) -> list[Path]:
+    """The directories the graph rules (and the revision history) must see: the directories named,
+    and the directory of each file named (a pre-commit hook passes single files)."""
+    return list(dict.fromkeys((p if p.is_dir() else p.parent).resolve() for p in paths))
 
 
 def _read_source(path: Path) -> tuple[str | None, str | None]:
@@ -112,6 +114,8 @@ class _FileOutcome:
     source: str = ""
     revision: str | None = None
     graph: GraphEntry | None = None
+    # Imported, and its `revision` is not a string: not part of the revision graph either.
+    not_a_revision: bool = False
 
 
 def _lint_file(path: Path, context: LintContext) -> _FileOutcome:
@@ -119,7 +123,7 @@ def _lint_file(path: Path, context: LintContext) -> _FileOutcome:
     text, why = _read_source(path)
     if text is None:
         return _FileOutcome(str(path), skipped=why or "unreadable")
-    if _REVISION_ASSIGNMENT.search(text) is None:
+    if REVISION_ASSIGNMENT.search(text) is None:
         try:
             compile(text, str(path), "exec", dont_inherit=True)
         except (SyntaxError, ValueError):
@@ -128,7 +132,11 @@ def _lint_file(path: Path, context: LintContext) -> _FileOutcome:
             return _FileOutcome(str(path), skipped="not an Alembic revision (no module-level `revision =`)")
     recorded = record_revision(path, text)
     if recorded.syntax_error is None and not recorded.is_revision:
-        return _FileOutcome(str(path), skipped="not an Alembic revision (`revision` is not a string)")
+        return _FileOutcome(
+            str(recorded.path),
+            skipped="not an Alembic revision (`revision` is not a string)",
+            not_a_revision=True,
+        )
     graph = None
     if isinstance(recorded.revision, str):
         down = recorded.down_revision
@@ -145,12 +153,21 @@ def _lint_file(path: Path, context: LintContext) -> _FileOutcome:
 _PARALLEL_FROM = 64
 
 
+def _stdout_to_stderr() -> None:
+    """Worker start: whatever revision code writes to stdout, also below Python (C extensions,
+    os.write(1, …)), must not end up in the JSON or SARIF the parent prints there."""
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+
 def _lint_files(targets: list[Path], context: LintContext, jobs: int) -> list[_FileOutcome]:
     """Lint files in worker processes when there are many and fork is available (Linux): recording
     runs each revision under Alembic's module-global ``op`` proxy, so threads cannot share it."""
     if jobs > 1 and len(targets) >= _PARALLEL_FROM and sys.platform.startswith("linux"):
         try:
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
+                                     initializer=_stdout_to_stderr) as pool:  # fmt: skip
                 chunk = max(8, len(targets) // (jobs * 8))
                 return list(pool.map(_lint_file, targets, [context] * len(targets), chunksize=chunk))
         except BrokenProcessPool:
@@ -168,23 +185,30 @@ def lint(paths: list[Path], config: LintConfig | None = None, *, only: set[Path]
     worker processes for many files (default: the number of CPUs).
     """
     config = config or LintConfig()
-    context = LintContext(pg_version=config.pg_version)
-    targets = [p for p in revision_files(paths) if only is None or p in only]
+    directories = _graph_directories(paths)
+    universe = python_files(directories)
+    named = universe if all(p.is_dir() for p in paths) else revision_files(paths)
+    targets = [p for p in named if only is None or p in only]
+    context = LintContext(pg_version=config.pg_version, history=RevisionHistory(directories, universe))
     outcomes = _lint_files(targets, context, jobs or os.cpu_count() or 1)
 
     per_file: dict[str, _FileOutcome] = {}
     skipped: list[SkippedFile] = []
+    known: dict[Path, GraphEntry | None] = {}
     for outcome in outcomes:
         if outcome.skipped is not None:
             skipped.append(SkippedFile(outcome.path, outcome.skipped))
+            if outcome.not_a_revision:
+                known[Path(outcome.path)] = None
         else:
             per_file[outcome.path] = outcome
+            if outcome.graph is not None:
+                known[Path(outcome.path)] = outcome.graph
 
-    known = {Path(o.path): o.graph for o in per_file.values() if o.graph is not None}
-    entries = _graph_entries(paths, known)
+    graph = _revision_graph(universe, known)
     for rule in ALL_RULES:
         if isinstance(rule, GraphRule):
-            for finding in rule.check_graph(entries):
+            for finding in rule.check_graph(graph):
                 if finding.path in per_file:  # only on files being linted
                     per_file[finding.path].findings.append(finding)
 
@@ -198,10 +222,14 @@ def lint(paths: list[Path], config: LintConfig | None = None, *, only: set[Path]
     return LintReport(findings, list(per_file), skipped)
 
 
-def _graph_entries(paths: list[Path], known: dict[Path, GraphEntry]) -> list[GraphEntry]:
-    entries = []
-    for path in _graph_universe(paths):
+def _revision_graph(universe: list[Path], known: dict[Path, GraphEntry | None]) -> RevisionGraph:
+    """The graph of the revision files among ``universe``: from the recordings where the file was
+    linted and imported, else read statically."""
+    graph = RevisionGraph()
+    for path in universe:
         entry = known[path] if path in known else read_graph_entry(path)
-        if entry is not None:
-            entries.append(entry)
-    return entries
+        if isinstance(entry, GraphEntry):
+            graph.entries.append(entry)
+        elif isinstance(entry, UnreadableRevision):
+            graph.unreadable.append(entry.path)
+    return graph

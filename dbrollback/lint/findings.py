@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from dbrollback.lint.graph import GraphEntry
+    from dbrollback.lint.graph import GraphEntry, RevisionGraph
+    from dbrollback.lint.history import RevisionHistory
     from dbrollback.lint.recorder import RecordedOp, RecordedRevision, TableKey
 
 __all__ = [
@@ -51,9 +52,12 @@ class Finding:
 
 @dataclass
 class LintContext:
-    """Settings the rules obey."""
+    """Settings the rules obey. ``history``: facts from the ancestors of a revision, when the
+    revision graph is known (the engine sets it; linting a single file without it judges the file
+    on its own)."""
 
     pg_version: int = 14
+    history: RevisionHistory | None = None
 
 
 class Rule:
@@ -93,12 +97,15 @@ class Rule:
         text. ``message`` also gets the tables created before the operation in the same function:
         such a table is empty and unused, so what would lock or rewrite an existing one costs nothing.
         ``include_upgrade_tables``: in downgrade(), the tables upgrade() created count as well (they
-        hold only rows written since this revision)."""
+        hold only rows written since this revision) — and then the downgrade is only judged when
+        the upgrade's recording is complete (:meth:`needs_whole_upgrade`)."""
         from dbrollback.lint.recorder import created_tables, with_tables_created_before
 
         upgrade_tables = created_tables(revision.upgrade.ops) if include_upgrade_tables else set()
         findings: list[Finding] = []
         for direction in ("upgrade", "downgrade"):
+            if include_upgrade_tables and self.needs_whole_upgrade(revision, direction):
+                continue
             for recorded, created_before in with_tables_created_before(revision.function(direction).ops):
                 if direction == "downgrade":
                     created_before = created_before | upgrade_tables
@@ -106,6 +113,14 @@ class Rule:
                 if text is not None:
                     findings.append(self.finding(revision, recorded.line, direction, text, recorded.column))
         return findings
+
+    @staticmethod
+    def needs_whole_upgrade(revision: RecordedRevision, direction: str) -> bool:
+        """True in the downgrade when the upgrade's recording is incomplete (opaque, or SQL that
+        cannot be read). A downgrade finding that holds only because the upgrade did *not* create
+        the table, column or index concerned would then be a guess: the unseen part may have
+        created it (issue #4: opaque parts are never guessed about)."""
+        return direction == "downgrade" and not revision.upgrade.fully_seen
 
     def data_loss_finding(self, revision: RecordedRevision, recorded: RecordedOp, message: str) -> Finding:
         """The finding for an upgrade operation whose data rolling back cannot bring back. A revision
@@ -124,7 +139,7 @@ class GraphRule(Rule):
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
         return []
 
-    def check_graph(self, entries: list[GraphEntry]) -> list[Finding]:
+    def check_graph(self, graph: RevisionGraph) -> list[Finding]:
         raise NotImplementedError
 
     def graph_finding(self, entry: GraphEntry, message: str) -> Finding:

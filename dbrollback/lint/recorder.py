@@ -4,8 +4,9 @@
 an *offline* Alembic context whose ``Operations.invoke`` is wrapped by a recorder: every Alembic
 operation object (``alembic.operations.ops.*``) is collected together with the line of the ``op.``
 call in the revision file. Nothing reaches a database: the offline context does not even render the
-SQL (its ``_exec`` discards it). Revisions that raise under the recorder or use ``op.get_bind()`` are
-marked opaque: their effect cannot be known from the recording and is never guessed.
+SQL (its ``_exec`` discards it). Revisions that raise under the recorder or send anything through
+``op.get_bind()`` are marked opaque: their effect cannot be known from the recording and is never
+guessed. Whatever revision code prints goes to stderr: stdout carries ``lint --format json/sarif``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -36,6 +37,7 @@ from sqlalchemy.dialects import postgresql
 
 from dbrollback.analysis.classify import StatementEffect, classify_sql
 from dbrollback.analysis.pg_tree import deparse, walk_nodes
+from dbrollback.lint.bind import RecordingBind
 
 __all__ = ["FunctionRecording", "RecordedOp", "RecordedRevision", "record_revision"]
 
@@ -110,6 +112,15 @@ class FunctionRecording:
             return f"raised under the recorder: {self.error}"
         return None
 
+    @property
+    def fully_seen(self) -> bool:
+        """True if the recording shows everything the function does: not opaque, and every SQL
+        string of ``op.execute`` readable (a DO block or unknown function may do anything). Facts
+        that need the *absence* of something ("the upgrade did not add this column") hold only then."""
+        if self.opaque is not None:
+            return False
+        return not any(effect.opaque for recorded in self.ops for effect in recorded.effects)
+
 
 @dataclass
 class RecordedRevision:
@@ -158,7 +169,8 @@ def record_revision(path: Path, source: str | None = None) -> RecordedRevision:
     _read_ast(tree, recorded)
     calls = _op_calls(tree)
 
-    with _LOCK:
+    # Revision code that prints must not corrupt `lint --format json/sarif` on stdout.
+    with _LOCK, redirect_stdout(sys.stderr):
         try:
             module = _import(path, tree)
         except (Exception, SystemExit) as exc:
@@ -355,9 +367,10 @@ def _run(fn: Callable[[], Any], function: FunctionRecording, direction: Directio
         finally:
             autocommit[0] -= 1
 
+    bind = RecordingBind(lambda: setattr(function, "used_bind", True))
+
     def get_bind() -> Any:
-        function.used_bind = True
-        return None
+        return bind
 
     # Instance attributes shadow the methods; _install_proxy copies them onto alembic.op.
     operations.invoke = wrap_invoke(operations.invoke)  # type: ignore[method-assign]

@@ -1,4 +1,8 @@
-"""Render lint findings: text, JSON, SARIF 2.1.0 (GitHub code scanning) and GitHub annotations."""
+"""Render lint findings: text, JSON, SARIF 2.1.0 (GitHub code scanning) and GitHub annotations.
+
+Text is for people: paths relative to the current directory. JSON, SARIF and annotations are for
+CI tools: paths relative to the repository root (see :func:`dbrollback.ci_output.ci_root`), the
+same wherever in the repository the command ran."""
 
 from __future__ import annotations
 
@@ -6,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from dbrollback import __version__
-from dbrollback.ci_output import display_path, escape_data, escape_property
+from dbrollback.ci_output import (
+    ci_root,
+    display_path,
+    escape_data,
+    escape_property,
+    human_path,
+    uri_reference,
+)
 from dbrollback.lint.findings import Finding
 from dbrollback.lint.rules import ALL_RULES
 
@@ -20,12 +31,13 @@ _GITHUB_COMMAND = {"error": "error", "warning": "warning", "info": "notice"}
 def text_lines(findings: list[Finding], base: Path | None = None) -> list[tuple[Finding, str, str]]:
     """(finding, location, rest) per finding: ``path:line:col`` and ``severity rule (direction): msg``."""
     return [
-        (f, f"{display_path(f.path, base)}:{f.line}:{f.column}", f"{f.rule} ({f.direction}): {f.message}")
+        (f, f"{human_path(f.path, base)}:{f.line}:{f.column}", f"{f.rule} ({f.direction}): {f.message}")
         for f in findings
     ]
 
 
 def to_json(findings: list[Finding], base: Path | None = None) -> list[dict[str, Any]]:
+    base = base if base is not None else ci_root()
     return [{**f.to_dict(), "path": display_path(f.path, base)} for f in findings]
 
 
@@ -35,8 +47,9 @@ def _rule_name(rule_id: str) -> str:
 
 def sarif_document(findings: list[Finding], base: Path | None = None) -> dict[str, Any]:
     """One SARIF 2.1.0 run. Every rule is listed (GitHub shows their help); results refer to them by
-    index. Paths are relative to ``base`` (the repository root when run from it) under %SRCROOT%."""
-    base = (base or Path.cwd()).resolve()
+    index. Paths are relative to ``base`` (default: the repository root) under %SRCROOT%, as
+    percent-encoded URI references; files outside it get absolute ``file:`` URIs."""
+    base = (base if base is not None else ci_root()).resolve()
     rules = [
         {
             "id": rule.id,
@@ -54,12 +67,12 @@ def sarif_document(findings: list[Finding], base: Path | None = None) -> dict[st
     index = {rule["id"]: number for number, rule in enumerate(rules)}
     results = []
     for f in findings:
-        uri = display_path(f.path, base)
-        location: dict[str, Any] = {"uri": uri}
-        if not Path(uri).is_absolute():
-            location["uriBaseId"] = "%SRCROOT%"
+        relative = display_path(f.path, base)
+        location: dict[str, Any]
+        if Path(relative).is_absolute():
+            location = {"uri": Path(relative).as_uri()}
         else:
-            location = {"uri": Path(uri).as_uri()}
+            location = {"uri": uri_reference(relative), "uriBaseId": "%SRCROOT%"}
         result: dict[str, Any] = {
             "ruleId": f.rule,
             "level": _SARIF_LEVEL[f.severity],
@@ -89,6 +102,7 @@ def sarif_document(findings: list[Finding], base: Path | None = None) -> dict[st
 
 def github_annotations(findings: list[Finding], base: Path | None = None) -> list[str]:
     """GitHub Actions workflow commands (``::error file=…,line=…::message``), one per finding."""
+    base = base if base is not None else ci_root()
     lines = []
     for f in findings:
         properties = ",".join([

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from dbrollback.lint.findings import Finding, GraphRule
-from dbrollback.lint.graph import GraphEntry
+from dbrollback.lint.graph import GraphEntry, RevisionGraph
 
 
 def _on_cycle(by_id: dict[str, GraphEntry]) -> set[str]:
@@ -16,7 +16,7 @@ def _on_cycle(by_id: dict[str, GraphEntry]) -> set[str]:
     for start in sorted(by_id):
         if start in state:
             continue
-        path: list[tuple[str, list[str]]] = [(start, list(by_id[start].down_revisions))]
+        path: list[tuple[str, list[str]]] = [(start, list(by_id[start].down_revisions or ()))]
         state[start] = 1
         while path:
             node, todo = path[-1]
@@ -32,7 +32,7 @@ def _on_cycle(by_id: dict[str, GraphEntry]) -> set[str]:
                 cyclic.update(names[names.index(parent) :])
             elif parent not in state:
                 state[parent] = 1
-                path.append((parent, list(by_id[parent].down_revisions)))
+                path.append((parent, list(by_id[parent].down_revisions or ())))
     return cyclic
 
 
@@ -49,7 +49,8 @@ class BrokenRevisionChain(GraphRule):
         "every revision file a unique id"
     )
 
-    def check_graph(self, entries: list[GraphEntry]) -> list[Finding]:
+    def check_graph(self, graph: RevisionGraph) -> list[Finding]:
+        entries = graph.entries
         findings: list[Finding] = []
         files_by_id: dict[str, list[GraphEntry]] = defaultdict(list)
         for entry in entries:
@@ -62,8 +63,9 @@ class BrokenRevisionChain(GraphRule):
                     for e in same
                 )
         by_id = {entry.revision: entry for entry in entries}
-        for entry in entries:
-            for parent in entry.down_revisions:
+        # A parent may be defined by a file whose id cannot be read: then nobody can say it is missing.
+        for entry in entries if not graph.unreadable else ():
+            for parent in entry.down_revisions or ():
                 if parent not in by_id:
                     findings.append(self.graph_finding(
                         entry, f"down_revision {parent!r} of revision {entry.revision} does not exist"

@@ -24,6 +24,9 @@ class DropColumn(Rule):
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
         findings: list[Finding] = []
         for direction in ("upgrade", "downgrade"):
+            # Dropping what the upgrade added is downgrade-drops-new-data's: needs the whole upgrade.
+            if self.needs_whole_upgrade(revision, direction):
+                continue
             ops = revision.function(direction).ops
             new_tables = created_tables(revision.upgrade.ops) if direction == "downgrade" else set()
             new_columns = added_columns(revision.upgrade.ops) if direction == "downgrade" else set()

@@ -7,18 +7,66 @@ from pglast import ast as pg_ast
 from pglast.enums import ObjectType
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
-from dbrollback.lint.recorder import RecordedOp, RecordedRevision, created_tables, table_key
+from dbrollback.lint.recorder import (
+    RecordedOp,
+    RecordedRevision,
+    TableKey,
+    created_tables,
+    table_key,
+)
 
 
-def _created_indexes(ops: list[RecordedOp]) -> set[str]:
-    names: set[str] = set()
-    for recorded in ops:
-        if isinstance(recorded.op, alembic_ops.CreateIndexOp) and recorded.op.index_name:
-            names.add(str(recorded.op.index_name))
-        for statement in recorded.sql_statements:
-            if isinstance(statement, pg_ast.IndexStmt) and statement.idxname:
-                names.add(statement.idxname)
-    return names
+class _Created:
+    """Indexes and tables some operations create. An index dropped again is either new (created
+    earlier in the same function: nobody uses it) or the upgrade's own (the downgrade undoing it:
+    issue #4 reports that as downgrade-drops-new-data at most, never as a lock problem)."""
+
+    def __init__(self, ops: list[RecordedOp]) -> None:
+        self.tables: set[TableKey] = created_tables(ops)
+        self.indexes: set[str] = set()
+        self._table_ops = [r.op for r in ops if isinstance(r.op, alembic_ops.CreateTableOp)]
+        self._table_indexes: set[str] | None = None
+        for recorded in ops:
+            if isinstance(recorded.op, alembic_ops.CreateIndexOp) and recorded.op.index_name:
+                self.indexes.add(str(recorded.op.index_name))
+            for statement in recorded.sql_statements:
+                if isinstance(statement, pg_ast.IndexStmt) and statement.idxname:
+                    self.indexes.add(statement.idxname)
+
+    def has_index(self, name: str) -> bool:
+        if name in self.indexes:
+            return True
+        if self._table_indexes is None:
+            # Indexes create_table makes (index=True, sa.Index): building the Table costs about a
+            # millisecond, so only when an explicit name did not match.
+            self._table_indexes = set()
+            for op in self._table_ops:
+                try:
+                    table = op.to_table()
+                except Exception:
+                    continue
+                self._table_indexes |= {str(i.name) for i in table.indexes if i.name is not None}
+        return name in self._table_indexes
+
+
+def _dropped_indexes(recorded: RecordedOp) -> list[tuple[TableKey | None, str, str]]:
+    """(table if named, index name, label) of each index this operation drops without CONCURRENTLY."""
+    dropped: list[tuple[TableKey | None, str, str]] = []
+    op = recorded.op
+    if isinstance(op, alembic_ops.DropIndexOp) and not op.kw.get("postgresql_concurrently"):
+        table = table_key(op.schema, op.table_name) if op.table_name else None
+        dropped.append((table, str(op.index_name), str(op.index_name)))
+    for statement in recorded.sql_statements:
+        if (
+            isinstance(statement, pg_ast.DropStmt)
+            and statement.removeType == ObjectType.OBJECT_INDEX
+            and not statement.concurrent
+        ):
+            for obj in statement.objects or ():
+                parts = [n.sval or "" for n in obj if isinstance(n, pg_ast.String)]
+                if parts:
+                    dropped.append((None, parts[-1], ".".join(parts)))
+    return dropped
 
 
 class DropIndexNotConcurrently(Rule):
@@ -33,29 +81,22 @@ class DropIndexNotConcurrently(Rule):
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
         findings: list[Finding] = []
         for direction in ("upgrade", "downgrade"):
+            if self.needs_whole_upgrade(revision, direction):
+                continue
             ops = revision.function(direction).ops
+            upgrade_created = _Created(revision.upgrade.ops) if direction == "downgrade" else None
             for index, recorded in enumerate(ops):
-                # An index or table created earlier in the same function is not in use yet.
-                earlier_tables = created_tables(ops[:index])
-                earlier_indexes = _created_indexes(ops[:index])
-                names: list[str] = []
-                op = recorded.op
-                if isinstance(op, alembic_ops.DropIndexOp) and not op.kw.get("postgresql_concurrently"):
-                    on_new_table = op.table_name is not None and (
-                        table_key(op.schema, op.table_name) in earlier_tables
+                dropped = _dropped_indexes(recorded)
+                if not dropped:
+                    continue
+                created = [_Created(ops[:index])] + ([upgrade_created] if upgrade_created else [])
+                names = [
+                    label
+                    for table, name, label in dropped
+                    if not any(
+                        (table is not None and table in c.tables) or c.has_index(name) for c in created
                     )
-                    if not on_new_table and str(op.index_name) not in earlier_indexes:
-                        names.append(str(op.index_name))
-                for statement in recorded.sql_statements:
-                    if (
-                        isinstance(statement, pg_ast.DropStmt)
-                        and statement.removeType == ObjectType.OBJECT_INDEX
-                        and not statement.concurrent
-                    ):
-                        for obj in statement.objects or ():
-                            parts = [n.sval or "" for n in obj if isinstance(n, pg_ast.String)]
-                            if parts and parts[-1] not in earlier_indexes:
-                                names.append(".".join(parts))
+                ]
                 if names:
                     findings.append(self.finding(
                         revision, recorded.line, direction,

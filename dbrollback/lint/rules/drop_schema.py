@@ -31,6 +31,8 @@ class DropSchema(Rule):
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
         findings: list[Finding] = []
         for direction in ("upgrade", "downgrade"):
+            if self.needs_whole_upgrade(revision, direction):
+                continue  # whether the upgrade created the schema is not known
             ops = revision.function(direction).ops
             new = _created_schemas(revision.upgrade.ops) if direction == "downgrade" else set()
             for index, recorded in enumerate(ops):
