@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dbrollback.check.result import CheckResult, RevisionCheck
-from dbrollback.ci_output import display_path, escape_data, escape_property
+from dbrollback.ci_output import display_path, escape_data, escape_property, human_path
 
 __all__ = ["github_annotations", "summary_line", "text_lines"]
 
@@ -39,7 +39,7 @@ def text_lines(result: CheckResult, base: Path | None = None) -> list[tuple[str,
     out.append((f"Checked on {result.database}; {result.rows} generated rows per table (seed {result.seed}).",
                 None))  # fmt: skip
     for check in result.revisions:
-        where = f" ({display_path(check.path, base)}:{check.line})" if check.path else ""
+        where = f" ({human_path(check.path, base)}:{check.line})" if check.path else ""
         if check.status == "not_checked":
             out.append((f"NOT CHECKED {check.revision}{where}: {check.not_checked}", "yellow"))
             continue
