@@ -197,12 +197,14 @@ def _hash_column_names(key: list[str], count: int) -> list[str]:
 def _pinned_text_settings(conn: psycopg.Connection) -> Iterator[None]:
     """checksum's pinned output settings for the block only: SET LOCAL would otherwise last until
     the revision's COMMIT, which other on_version_apply hooks run before."""
-    before = dict(conn.execute("SELECT name, setting FROM pg_catalog.pg_settings").fetchall())
+    before: dict[str, str] = dict(conn.execute("SELECT name, setting FROM pg_catalog.pg_settings").fetchall())
     pin_text_settings(conn)
     try:
         yield
     finally:
-        pinned = dict(conn.execute("SELECT name, setting FROM pg_catalog.pg_settings").fetchall())
+        pinned: dict[str, str] = dict(
+            conn.execute("SELECT name, setting FROM pg_catalog.pg_settings").fetchall()
+        )
         for name, value in before.items():
             if pinned.get(name) != value:
                 conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
