@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import NullPool, create_engine, text
@@ -181,8 +183,13 @@ class _StepProxy:
 class MigrationRunner:
     def __init__(self, project: AlembicProject, sqlalchemy_url: str, timeouts: Timeouts,
                  hooks: RunHooks | None = None, sleep: Callable[[float], None] = time.sleep,
-                 engine_hook: Callable[[Engine], None] | None = None):  # fmt: skip
+                 engine_hook: Callable[[Engine], None] | None = None,
+                 single_transaction: bool = False):  # fmt: skip
         self.project = project
+        # One transaction for the whole run (rollback: downgrades and data merge commit together or
+        # not at all); hooks are still called per revision. A failed statement aborts the whole
+        # transaction, so nothing is retried.
+        self.single_transaction = single_transaction
         self.engine_hook = engine_hook  # e.g. to attach a cursor-execute listener
         self.sqlalchemy_url = sqlalchemy_url
         self.timeouts = timeouts
@@ -233,7 +240,8 @@ class MigrationRunner:
                     outcome.applied = [s for s in outcome.applied if s is not step]
                 if self.hooks:
                     self.hooks.step_failed(step, self._current_started, self._attempt, exc)
-                if is_lock_timeout(exc) and self._attempt <= step.timeouts.lock_retries:
+                retryable = is_lock_timeout(exc) and not self.single_transaction
+                if retryable and self._attempt <= step.timeouts.lock_retries:
                     delay = min(30.0, 0.5 * 2 ** (self._attempt - 1)) * random.uniform(0.8, 1.2)
                     if self.hooks:
                         self.hooks.retrying(step, self._attempt, delay)
@@ -267,7 +275,10 @@ class MigrationRunner:
 
         self._run_env(
             fn,
-            {"transaction_per_migration": True, "on_version_apply": on_version_apply},
+            {
+                "transaction_per_migration": not self.single_transaction,
+                "on_version_apply": on_version_apply,
+            },
             destination=target,
         )
 
@@ -344,3 +355,13 @@ class MigrationRunner:
                     connection.rollback()
         finally:
             engine.dispose()
+
+
+def add_version_location(script: ScriptDirectory, directory: Path) -> None:
+    """Make ``script`` also load the revision files in ``directory`` (e.g. stored sources of
+    revisions no longer in the checkout) and forget the revisions it had already read."""
+    from alembic.script.revision import RevisionMap
+
+    locations = list(script._version_locations)
+    script.__dict__["_version_locations"] = [*locations, directory.absolute()]  # memoized property
+    script.revision_map = RevisionMap(script._load_revisions)

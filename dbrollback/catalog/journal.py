@@ -21,6 +21,7 @@ from dbrollback.urls import redact
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
+
 def os_user() -> str:
     try:
         return getpass.getuser()
@@ -226,3 +227,26 @@ def list_runs(conn: psycopg.Connection, limit: int | None = 20, *,
         for row in cur.fetchall():
             by_id[row.pop("run_id")].steps.append(StepRecord(**row))
     return runs
+
+
+def rolled_back_runs(conn: psycopg.Connection) -> dict[int, int]:
+    """Upgrade runs a committed rollback reverted: reverted run id -> rollback run id."""
+    if not catalog_exists(conn):
+        return {}
+    found = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'dbrollback' "
+        "AND table_name = 'runs' AND column_name = 'reverts_run_id'"
+    ).fetchone()
+    if found is None:  # a catalog older than version 5 has no rollbacks
+        return {}
+    rows = conn.execute(
+        "SELECT reverts_run_id, id FROM dbrollback.runs WHERE reverts_run_id IS NOT NULL"
+    ).fetchall()
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
+def mark_reverted(conn: psycopg.Connection, rollback_run_id: int, reverted_run_id: int) -> None:
+    """Called inside the rollback's transaction, so the mark commits with the rollback."""
+    conn.execute(
+        "UPDATE dbrollback.runs SET reverts_run_id = %s WHERE id = %s", (reverted_run_id, rollback_run_id)
+    )

@@ -161,6 +161,16 @@ CATALOG_MIGRATIONS: list[str] = [
         schema      jsonb NOT NULL
     );
     """,
+    # 5: rollback runs, and which upgrade run each one reverted (a run is reverted at most once;
+    #    the column is set in the rollback's own transaction, so it is set iff the rollback committed).
+    """
+    ALTER TABLE dbrollback.runs DROP CONSTRAINT runs_direction_check;
+    ALTER TABLE dbrollback.runs ADD CONSTRAINT runs_direction_check
+        CHECK (direction IN ('upgrade', 'downgrade', 'rollback'));
+    ALTER TABLE dbrollback.runs ADD COLUMN reverts_run_id bigint REFERENCES dbrollback.runs (id);
+    CREATE UNIQUE INDEX runs_reverted_once ON dbrollback.runs (reverts_run_id)
+        WHERE reverts_run_id IS NOT NULL;
+    """,
 ]
 
 

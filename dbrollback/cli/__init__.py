@@ -43,12 +43,14 @@ def _register() -> None:
         migrate_cmd,
         plan_cmd,
         restore_cmd,
+        rollback_cmd,
         snapshot_cmd,
         status_cmd,
     )
 
     modules = (
         migrate_cmd,
+        rollback_cmd,
         plan_cmd,
         status_cmd,
         snapshot_cmd,

@@ -1,0 +1,137 @@
+"""rollback."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from dbrollback.cli.console import Console, TerminalProgress
+from dbrollback.cli.state import AppState, global_options, migration_options, pass_state
+from dbrollback.errors import EXIT_CHECK_FAILED, RefusedForSafety
+
+if TYPE_CHECKING:
+    from dbrollback.rollback.report import RollbackResult
+
+
+def _render_result(console: Console, result: RollbackResult) -> None:
+    title = "Would roll back (dry run, nothing changed)" if result.dry_run else "Rolled back"
+    console.line(
+        f"{title}: run {result.run_id}, {', '.join(result.reverted_revisions)} "
+        f"(strategy {result.strategy}, {result.duration_s:.2f}s)"
+    )
+    for note in result.notes:
+        console.line(f"Note: {note}", style="yellow")
+    if result.tables:
+        console.table(
+            None,
+            ["table", "restored", "re-inserted", "kept", "conflicts", "lost writes", "saved to", "verified"],
+            [
+                (
+                    t.table,
+                    f"{t.restored_rows:,}",
+                    f"{t.reinserted_rows:,}",
+                    f"{t.kept_rows:,}",
+                    f"{t.conflicts:,}",
+                    f"{t.lost_writes:,}",
+                    t.lost_values_saved_to or "-",
+                    "yes" if t.verified else "NO",
+                )
+                for t in result.tables
+            ],
+        )
+    for t in result.tables:
+        for example in t.conflict_examples:
+            what = f"column {example['column']}" if example["column"] else "re-insert (key taken)"
+            console.line(
+                f"Conflict in {t.table} {example['key']}: {what}: kept {example['current']}, "
+                f"pre-image was {example['preimage']}",
+                style="yellow",
+            )
+    if result.schema_matches is None:
+        console.line("Schema: no schema was recorded before the run; not compared", style="yellow")
+    elif result.schema_matches:
+        console.line("Schema: matches the schema before the upgrade", style="green")
+    else:
+        console.line("Schema: DIFFERS from the schema before the upgrade:", style="bold red")
+        for difference in result.schema_differences:
+            console.line(f"  {difference.get('message', difference)}")
+    if result.verified:
+        console.line("Verified: data and schema match what they were before the upgrade", style="green")
+    else:
+        console.line("NOT verified: see the tables and schema above", style="bold red")
+
+
+@click.command()
+@click.option(
+    "--run",
+    "run_id",
+    type=int,
+    metavar="RUN_ID",
+    help="Roll back this upgrade run [the most recent one not rolled back yet].",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["merge", "restore"]),
+    default="merge",
+    show_default=True,
+    help="merge: put back what the migration destroyed and keep later writes. restore: not implemented yet.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Do everything in a transaction that is rolled back; report it."
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@migration_options
+@global_options
+@pass_state
+def rollback(state: AppState, run_id: int | None, strategy: str, dry_run: bool, yes: bool) -> int:
+    """Undo an upgrade run: downgrade its revisions and merge back the data they destroyed.
+
+    Values the migration dropped or rewrote come back from the snapshot taken before it; writes
+    made since are kept (a collision is reported as a conflict). Everything happens in one
+    transaction, then it is verified. Exit 1 if verification failed, 3 if refused (nothing
+    changed), 4 if it failed (rolled back, nothing changed).
+    """
+    settings = state.settings()
+    console = state.console
+    from dbrollback.rollback.plan import check_strategy
+    from dbrollback.rollback_api import rollback as run_rollback  # imported when used: fast start-up
+
+    check_strategy(strategy)  # a usage error comes before any question
+
+    if not dry_run and not yes:
+        if state.json or not sys.stdin.isatty():
+            raise RefusedForSafety("rollback changes schema and data: pass --yes (no terminal to confirm on)")
+        # The prompt shows what the rollback would do: the same rollback, run as a dry run first.
+        with TerminalProgress(console) as progress:
+            preview = run_rollback(
+                settings,
+                run_id=run_id,
+                strategy=strategy,
+                dry_run=True,
+                notify=console.notice,
+                progress=progress,
+            )
+        _render_result(console, preview)
+        if not click.confirm(f"Roll back run {preview.run_id}?", default=False, err=True):
+            raise RefusedForSafety("Rollback not confirmed; nothing was changed")
+        run_id = preview.run_id
+
+    with TerminalProgress(console) as progress:
+        result = run_rollback(
+            settings,
+            run_id=run_id,
+            strategy=strategy,
+            dry_run=dry_run,
+            notify=console.notice,
+            progress=progress,
+        )
+    if state.json:
+        console.emit_json(result.to_dict())
+    else:
+        _render_result(console, result)
+    return 0 if result.verified else EXIT_CHECK_FAILED
+
+
+COMMANDS = [rollback]

@@ -1,0 +1,158 @@
+"""The rollback's run: Alembic downgrades with the merge around each, in ONE transaction.
+
+The runner calls these hooks on the revisions' own connection: `before_step` just before a
+revision's downgrade (prepare its tables), `step_applied` right after it, before the next one
+(merge, verify). After the last revision the schema is compared with the one recorded before the
+upgrade and the reverted run is marked; a dry run then raises :class:`DryRunFinished`, which
+rolls the whole transaction back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import Connection
+
+from dbrollback.alembic_bridge.runner import PlannedStep
+from dbrollback.catalog.journal import Journal, mark_reverted, record_applied_step
+from dbrollback.catalog.run_schemas import run_schema
+from dbrollback.check.schema import capture_schema, diff_schemas
+from dbrollback.check.tables import VersionTable
+from dbrollback.database import Notify
+from dbrollback.errors import DbrollbackError, RefusedForSafety
+from dbrollback.rollback.merge import TableMerge, merge, prepare
+from dbrollback.rollback.plan import RollbackPlan
+from dbrollback.rollback.report import RollbackResult, TableReport
+from dbrollback.rollback.sqlparts import Hasher
+from dbrollback.rollback.verify import verify_table
+from dbrollback.snapshot.store import SnapshotStore
+
+
+class DryRunFinished(DbrollbackError):
+    """Raised after a dry run computed everything, so its transaction is rolled back."""
+
+    kind = "dry_run_finished"
+
+
+class RollbackHooks:
+    def __init__(
+        self,
+        plan: RollbackPlan,
+        store: SnapshotStore,
+        journal: Journal,
+        rollback_run_id: int | None,
+        result: RollbackResult,
+        lost_values: dict[tuple[str, str], str],
+        notify: Notify,
+        version_table: Any,
+    ) -> None:
+        self.plan = plan
+        self.store = store
+        self.journal = journal
+        self.rollback_run_id = rollback_run_id
+        self.result = result
+        self.lost_values = lost_values
+        self.notify = notify
+        self.version_table = version_table  # () -> (schema | None, name)
+        self._merges: dict[str, list[TableMerge]] = {}
+        self._number = 0
+        self._hasher: Hasher | None = None
+
+    def _driver(self, connection: Connection) -> psycopg.Connection:
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        if self._hasher is None or self._hasher.conn is not driver:
+            self._hasher = Hasher(driver)
+        return driver
+
+    def planned(self, current_heads: tuple[str, ...], steps: list[PlannedStep]) -> None:
+        got = [s.revision for s in steps if not s.is_upgrade]
+        if got != self.plan.revisions or len(steps) != len(got):
+            raise RefusedForSafety(
+                f"The downgrade would run {', '.join(got) or 'nothing'}, not the revisions of run "
+                f"{self.plan.run.id} ({', '.join(self.plan.revisions)}). Nothing was changed."
+            )
+
+    def before_step(self, step: PlannedStep, connection: Connection) -> None:
+        conn = self._driver(connection)
+        assert self._hasher is not None
+        merges = []
+        for fingerprint in self.plan.fingerprints.get(step.revision, []):
+            self._number += 1
+            name = f"{fingerprint.schema}.{fingerprint.table}"
+            report = TableReport(
+                name, lost_values_saved_to=self.lost_values.get((fingerprint.schema, fingerprint.table))
+            )
+            m = TableMerge(
+                fingerprint,
+                self.plan.table_manifest(fingerprint),
+                self._number,
+                fingerprint.snapshot_id,
+                report,
+            )
+            prepare(conn, self._hasher, m)
+            merges.append(m)
+        self._merges[step.revision] = merges
+
+    def step_applied(
+        self, connection: Connection, step: PlannedStep, started_at: datetime, attempt: int
+    ) -> None:
+        from dbrollback.snapshot.restore import _advance_sequences
+
+        conn = self._driver(connection)
+        assert self._hasher is not None
+        for m in self._merges.get(step.revision, []):
+            merge(conn, self._hasher, self.store, m)
+            m.report.verified = verify_table(conn, self._hasher, m)
+            if not self.result.dry_run:  # setval is not undone by a rollback: never in a dry run
+                _advance_sequences(conn, m.fingerprint.schema, m.fingerprint.table)
+            self.result.tables.append(m.report)
+            r = m.report
+            self.notify(
+                f"{r.table} after the downgrade of {step.revision}: {r.restored_rows:,} restored, "
+                f"{r.reinserted_rows:,} re-inserted, {r.kept_rows:,} kept, {r.conflicts:,} conflict(s)"
+                + ("" if r.verified else ", NOT verified")
+            )
+        if self.rollback_run_id is not None:
+            record_applied_step(
+                connection, self.rollback_run_id, step.revision, step.phase, started_at, attempt
+            )
+        self.notify(f"downgrade {step.revision} applied" + (f": {step.doc}" if step.doc else ""))
+        if step.revision == self.plan.revisions[-1]:
+            self._finish(conn)
+
+    def _finish(self, conn: psycopg.Connection) -> None:
+        recorded = run_schema(conn, self.plan.run.id)
+        if recorded is None:
+            self.result.schema_matches = None
+            self.notify(f"No schema was recorded before run {self.plan.run.id}: it cannot be compared")
+        else:
+            schema, name = self.version_table()
+            search_path = conn.execute("SELECT current_setting('search_path')").fetchone()
+            now = capture_schema(conn, VersionTable(name, schema))
+            # capture_schema pins search_path with SET LOCAL, which would outlive its savepoint.
+            conn.execute(
+                "SELECT set_config('search_path', %s, true)", (search_path[0] if search_path else "",)
+            )
+            differences = diff_schemas(recorded.schema, now)
+            self.result.schema_matches = not differences
+            self.result.schema_differences = [d.to_dict() for d in differences]
+        if self.rollback_run_id is not None:
+            mark_reverted(conn, self.rollback_run_id, self.plan.run.id)
+        if self.result.dry_run:
+            raise DryRunFinished("dry run: rolled back")
+
+    def step_failed(
+        self, step: PlannedStep, started_at: datetime, attempt: int, error: BaseException
+    ) -> None:
+        from dbrollback.api import _error_text
+
+        if self.rollback_run_id is not None:
+            self.journal.record_failed_step(
+                self.rollback_run_id, step.revision, step.phase, started_at, attempt, _error_text(error)
+            )
+
+    def retrying(self, step: PlannedStep, attempt: int, delay: float) -> None:  # single transaction: never
+        pass

@@ -1,0 +1,362 @@
+"""The per-table three-way merge: pre-image (snapshot), post-image (fingerprint), live table.
+
+Runs on the rollback's single transaction, around each revision's downgrade:
+
+* :func:`prepare`, before the downgrade: lock the table against writers (SHARE: they wait until
+  the rollback commits, so nothing lands between what we compare and what we write), then record
+  in temp tables which fingerprinted rows were deleted since the migration, which hashed columns
+  were written since (their hash now differs from the fingerprint's), which rows were inserted
+  since, and which rows hold values in columns the migration added (the downgrade may drop them).
+* :func:`merge`, after the downgrade: stage the snapshot (COPY into a temp table) and per key put
+  back what the migration destroyed (see docs/rollback.md for the rules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dbrollback.catalog import OBJECT_PREFIX, SCHEMA
+from dbrollback.catalog.fingerprints import TABLE_GONE, Fingerprint, _pinned_text_settings
+from dbrollback.errors import MigrationFailed, RefusedForSafety
+from dbrollback.rollback.report import MAX_CONFLICT_EXAMPLES, TableReport
+from dbrollback.rollback.sqlparts import Hasher, LiveColumn, count, key_json, keys_equal, live_columns, names
+from dbrollback.snapshot.load import load_table_copy
+from dbrollback.snapshot.manifest import TableManifest
+from dbrollback.snapshot.store import SnapshotStore
+
+TEMP_PREFIX = f"{OBJECT_PREFIX}rb_"
+GONE = f"{OBJECT_PREFIX}gone"
+
+
+def _flag(i: int) -> str:
+    return f"{OBJECT_PREFIX}c{i}"
+
+
+def _fp_hash(i: int) -> str:
+    return f"{OBJECT_PREFIX}f{i}"
+
+
+def _added_flag(i: int) -> str:
+    return f"{OBJECT_PREFIX}a{i}"
+
+
+@dataclass
+class TableMerge:
+    """One fingerprinted table of one revision, through prepare → downgrade → merge → verify."""
+
+    fingerprint: Fingerprint
+    tm: TableManifest
+    number: int
+    snapshot_id: str
+    report: TableReport
+    columns_after_migration: dict[str, LiveColumn] = field(default_factory=dict)
+    hashed: list[str] = field(default_factory=list)  # i-th entry has flag _dbrb_c{i}, hash _dbrb_f{i}
+    added: list[str] = field(default_factory=list)  # columns the migration added (not in the pre-image)
+    deleted_since: int = 0
+    inserted_since: int = 0
+    # filled by merge
+    columns_after_rollback: dict[str, LiveColumn] = field(default_factory=dict)
+    restored_columns: list[str] = field(default_factory=list)  # dropped + transformed, put back per key
+    transformed: list[str] = field(default_factory=list)
+    insertable: list[str] = field(default_factory=list)
+
+    @property
+    def gone(self) -> bool:
+        return self.fingerprint.status == TABLE_GONE
+
+    @property
+    def key(self) -> list[str]:
+        return self.fingerprint.key_columns
+
+    @property
+    def live(self) -> sql.Identifier:
+        return sql.Identifier(self.fingerprint.schema, self.fingerprint.table)
+
+    @property
+    def fp(self) -> sql.Identifier:
+        assert self.fingerprint.fp_table is not None
+        return sql.Identifier(SCHEMA, self.fingerprint.fp_table)
+
+    def temp(self, kind: str) -> sql.Identifier:
+        return sql.Identifier("pg_temp", f"{TEMP_PREFIX}{kind}_{self.number}")
+
+    @property
+    def pre_types(self) -> dict[str, str]:
+        return {c.name: c.type for c in self.tm.columns if not c.generated}
+
+    def changed_any(self, alias: str) -> sql.Composable:
+        """Some hashed column that still exists was written since the migration."""
+        flags = [sql.Identifier(alias, _flag(i)) for i, c in enumerate(self.hashed) if c in self.transformed]
+        return sql.SQL(" OR ").join(flags) if flags else sql.SQL("false")
+
+
+def prepare(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> None:
+    """Before the revision's downgrade: what changed since the migration (see module docstring)."""
+    if m.gone:
+        return
+    f = m.fingerprint
+    name = m.report.table
+    columns = live_columns(conn, f.schema, f.table)
+    if columns is None:
+        raise RefusedForSafety(
+            f"{name} no longer exists; it was changed after run {f.run_id}. Nothing was changed.", table=name
+        )
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(m.live))
+    m.columns_after_migration = columns
+    m.hashed = list(f.hashed_columns)
+    for column in m.hashed:
+        now = columns.get(column)
+        if now is None or now.type != f.column_types.get(column):
+            raise RefusedForSafety(
+                f"{name}.{column} was changed after run {f.run_id} (it is "
+                f"{now.type if now else 'gone'}, the fingerprint recorded {f.column_types.get(column)}): "
+                "later writes to it cannot be told apart. Nothing was changed.",
+                table=name,
+                column=column,
+            )
+    selected: list[sql.Composable] = [names(m.key, "f")]
+    selected.append(sql.SQL("{} IS NULL AS {}").format(sql.Identifier("t", m.key[0]), sql.Identifier(GONE)))
+    for i, column in enumerate(m.hashed):
+        selected.append(
+            sql.SQL("{} IS DISTINCT FROM {} AS {}").format(
+                hasher.value("t", column, columns[column].type),
+                sql.Identifier("f", f.hashed_columns[column]),
+                sql.Identifier(_flag(i)),
+            )
+        )
+        selected.append(
+            sql.SQL("{} AS {}").format(
+                sql.Identifier("f", f.hashed_columns[column]), sql.Identifier(_fp_hash(i))
+            )
+        )
+    with _pinned_text_settings(conn):
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} AS f LEFT JOIN {} AS t ON {}"
+            ).format(m.temp("since"), sql.SQL(", ").join(selected), m.fp, m.live, keys_equal(m.key, "f", "t"))
+        )
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} AS t "
+            "WHERE NOT EXISTS (SELECT FROM {} AS f WHERE {})"
+        ).format(m.temp("new"), names(m.key, "t"), m.live, m.fp, keys_equal(m.key, "f", "t"))
+    )
+    # Temporary tables are never analyzed by autovacuum: give the planner real numbers for the joins.
+    conn.execute(sql.SQL("ANALYZE {}, {}").format(m.temp("since"), m.temp("new")))
+    m.deleted_since = count(
+        conn, sql.SQL("SELECT count(*) FROM {} WHERE {}").format(m.temp("since"), sql.Identifier(GONE))
+    )
+    m.inserted_since = count(conn, sql.SQL("SELECT count(*) FROM {}").format(m.temp("new")))
+    before = {c.name for c in m.tm.columns}
+    m.added = [c for c in columns if c not in before and not columns[c].generated]
+    if m.added:
+        flags = [
+            sql.SQL("{} IS NOT NULL AS {}").format(sql.Identifier("t", a), sql.Identifier(_added_flag(i)))
+            for i, a in enumerate(m.added)
+        ]
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {}, {} FROM {} AS t WHERE {}").format(
+                m.temp("added"),
+                names(m.key, "t"),
+                sql.SQL(", ").join(flags),
+                m.live,
+                sql.SQL(" OR ").join(
+                    sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", a)) for a in m.added
+                ),
+            )
+        )
+
+
+def _stage(conn: psycopg.Connection, store: SnapshotStore, m: TableMerge) -> None:
+    definition = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))
+        for c in m.tm.columns
+        if not c.generated
+    )
+    # One statement over the extended protocol: type names come from a manifest file.
+    with conn.cursor(binary=True) as cur:
+        cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(m.temp("pre"), definition))
+    schema, table = "pg_temp", f"{TEMP_PREFIX}pre_{m.number}"
+    rows = load_table_copy(conn, store, m.snapshot_id, m.tm, schema, table)
+    if rows != m.tm.row_count:
+        raise MigrationFailed(
+            f"Snapshot {m.snapshot_id}: {m.report.table} loaded {rows} rows, the manifest "
+            f"says {m.tm.row_count}; rolled back, nothing was changed"
+        )
+    conn.execute(sql.SQL("ANALYZE {}").format(m.temp("pre")))
+
+
+def merge(conn: psycopg.Connection, hasher: Hasher, store: SnapshotStore, m: TableMerge) -> None:
+    """After the revision's downgrade: put back what the migration destroyed, keep later writes."""
+    f = m.fingerprint
+    name = m.report.table
+    after = live_columns(conn, f.schema, f.table)
+    if after is None:
+        raise MigrationFailed(
+            f"{name} does not exist after the downgrade of {f.revision}, so its rows cannot be put back; "
+            "the rollback was rolled back and nothing was changed",
+            table=name,
+        )
+    m.columns_after_rollback = after
+    _stage(conn, store, m)
+    m.insertable = [c for c in m.tm.copy_columns if c in after and not after[c].generated]
+    insert = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} AS p").format(
+        m.live, names(m.insertable), names(m.insertable, "p"), m.temp("pre")
+    )
+    if m.gone:  # recreated by the downgrade: every row comes from the snapshot
+        m.report.reinserted_rows = max(conn.execute(insert).rowcount, 0)
+        return
+    key, pre_types = m.key, m.pre_types
+    m.transformed = [c for c in m.hashed if c in m.insertable and c not in key]
+    dropped = [
+        c
+        for c in m.insertable
+        if c not in m.columns_after_migration and c not in key and after[c].identity != "a"
+    ]
+    m.restored_columns = dropped + m.transformed
+    with _pinned_text_settings(conn):
+        _record_conflicts(conn, hasher, m)
+        m.report.kept_rows = count(
+            conn,
+            sql.SQL("SELECT count(*) FROM {} AS s JOIN {} AS p ON {} WHERE NOT s.{} AND ({})").format(
+                m.temp("since"),
+                m.temp("pre"),
+                keys_equal(key, "s", "p"),
+                sql.Identifier(GONE),
+                m.changed_any("s"),
+            ),
+        )
+        if m.restored_columns:
+            sets: list[sql.Composable] = [
+                sql.SQL("{} = p.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in dropped
+            ]
+            wanted: list[sql.Composable] = [
+                hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type)) for c in dropped
+            ]
+            for i, c in enumerate(m.hashed):
+                if c not in m.transformed:
+                    continue
+                sets.append(
+                    sql.SQL("{} = CASE WHEN s.{} THEN t.{} ELSE p.{} END").format(
+                        sql.Identifier(c), sql.Identifier(_flag(i)), sql.Identifier(c), sql.Identifier(c)
+                    )
+                )
+                wanted.append(
+                    sql.SQL("(NOT s.{} AND {})").format(
+                        sql.Identifier(_flag(i)), hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type))
+                    )
+                )
+            update = sql.SQL(
+                "UPDATE {} AS t SET {} FROM {} AS p JOIN {} AS s ON {} WHERE {} AND NOT s.{} AND ({})"
+            ).format(
+                m.live,
+                sql.SQL(", ").join(sets),
+                m.temp("pre"),
+                m.temp("since"),
+                keys_equal(key, "p", "s"),
+                keys_equal(key, "t", "p"),
+                sql.Identifier(GONE),
+                sql.SQL(" OR ").join(wanted),
+            )
+            m.report.restored_rows = max(conn.execute(update).rowcount, 0)
+    # Rows the migration deleted: back, unless the key was taken since (a conflict, recorded above).
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+            m.temp("reinserted"), names(key), m.temp("pre")
+        )
+    )
+    reinsert = sql.SQL(
+        "WITH ins AS ({} WHERE NOT EXISTS (SELECT FROM {} AS f WHERE {}) "
+        "AND NOT EXISTS (SELECT FROM {} AS t WHERE {}) RETURNING {}) "
+        "INSERT INTO {} SELECT * FROM ins"
+    ).format(
+        insert,
+        m.fp,
+        keys_equal(key, "f", "p"),
+        m.live,
+        keys_equal(key, "t", "p"),
+        names(key),
+        m.temp("reinserted"),
+    )
+    m.report.reinserted_rows = max(conn.execute(reinsert).rowcount, 0)
+    if m.added:
+        dropped_since = [i for i, a in enumerate(m.added) if a not in after]
+        if dropped_since:
+            m.report.lost_writes = count(
+                conn,
+                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                    m.temp("added"),
+                    sql.SQL(" OR ").join(sql.Identifier(_added_flag(i)) for i in dropped_since),
+                ),
+            )
+
+
+def _record_conflicts(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> None:
+    """Pre-image values a later write keeps out, and deleted rows whose key was taken since."""
+    key, pre_types, after = m.key, m.pre_types, m.columns_after_rollback
+    table = m.temp("conflicts")
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {} (key jsonb, col text, current text, preimage text) ON COMMIT DROP"
+        ).format(table)
+    )
+    for i, c in enumerate(m.hashed):
+        if c not in m.transformed:
+            continue
+        if pre_types[c] == m.fingerprint.column_types.get(c):
+            # Same type before and after: a row the migration left as it was lost nothing.
+            migration_changed: sql.Composable = sql.SQL("{} IS DISTINCT FROM s.{}").format(
+                hasher.value("p", c, pre_types[c]), sql.Identifier(_fp_hash(i))
+            )
+        else:
+            migration_changed = sql.SQL("true")
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} SELECT {}, {}, t.{}::text, p.{}::text FROM {} AS p JOIN {} AS s ON {} "
+                "JOIN {} AS t ON {} WHERE NOT s.{} AND s.{} AND {} AND {}"
+            ).format(
+                table,
+                key_json(key, "p"),
+                sql.Literal(c),
+                sql.Identifier(c),
+                sql.Identifier(c),
+                m.temp("pre"),
+                m.temp("since"),
+                keys_equal(key, "p", "s"),
+                m.live,
+                keys_equal(key, "t", "p"),
+                sql.Identifier(GONE),
+                sql.Identifier(_flag(i)),
+                migration_changed,
+                hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type)),
+            )
+        )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} SELECT {}, NULL, to_jsonb(t)::text, to_jsonb(p)::text "
+            "FROM {} AS p JOIN {} AS t ON {} WHERE NOT EXISTS (SELECT FROM {} AS f WHERE {})"
+        ).format(
+            table,
+            key_json(key, "p"),
+            m.temp("pre"),
+            m.live,
+            keys_equal(key, "t", "p"),
+            m.fp,
+            keys_equal(key, "f", "p"),
+        )
+    )
+    m.report.conflicts = count(conn, sql.SQL("SELECT count(DISTINCT key) FROM {}").format(table))
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT key, col, current, preimage FROM {} ORDER BY key::text, col NULLS FIRST LIMIT {}"
+        ).format(table, sql.Literal(MAX_CONFLICT_EXAMPLES))
+    ).fetchall()
+    m.report.conflict_examples = [_example(*r) for r in rows]
+
+
+def _example(key: Any, column: str | None, current: str | None, preimage: str | None) -> dict[str, Any]:
+    return {"key": key, "column": column, "current": current, "preimage": preimage}

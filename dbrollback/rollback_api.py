@@ -1,0 +1,291 @@
+"""`dbrollback rollback` as a library call: undo an upgrade run, merging back the data it destroyed.
+
+See docs/rollback.md. Everything that changes the database happens in ONE transaction (downgrades,
+merges, verification, the journal's mark), so a failure changes nothing (exit 4) and a dry run is
+the real thing rolled back.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+from dbrollback.alembic_bridge.project import AlembicProject
+from dbrollback.alembic_bridge.runner import MigrationRunner, StepFailed, add_version_location
+from dbrollback.catalog import audit
+from dbrollback.catalog.fingerprints import TAKEN
+from dbrollback.catalog.journal import Journal, mark_interrupted_runs
+from dbrollback.catalog.lock import acquire, unlock
+from dbrollback.catalog.revision_sources import stored_revision_source
+from dbrollback.catalog.schema import catalog_exists, ensure_catalog
+from dbrollback.database import Database, Notify, connect, resolve_database
+from dbrollback.errors import DbrollbackError, MigrationFailed, RefusedForSafety
+from dbrollback.progress import SILENT, ProgressReporter
+from dbrollback.rollback.execute import DryRunFinished, RollbackHooks
+from dbrollback.rollback.plan import RollbackPlan, check_heads, check_strategy, choose_run, gather
+from dbrollback.rollback.report import RollbackResult
+from dbrollback.rollback.sqlparts import live_columns
+from dbrollback.settings import Settings
+from dbrollback.snapshot.store import SnapshotStore
+from dbrollback.snapshot_api import configured_store, take_snapshot
+
+Confirm = Callable[[RollbackPlan], bool]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def rollback(
+    settings: Settings,
+    *,
+    run_id: int | None = None,
+    strategy: str = "merge",
+    dry_run: bool = False,
+    assume_yes: bool = True,
+    confirm: Confirm | None = None,
+    notify: Notify = _quiet,
+    progress: ProgressReporter = SILENT,
+) -> RollbackResult:
+    """Undo upgrade run `run_id` (default: the most recent one not rolled back yet).
+
+    Unless `assume_yes`, `confirm` is shown the plan before anything changes and must return True,
+    or the rollback is refused (exit 3); without one it is refused. Refusals (exit 3) change
+    nothing; a failure rolls everything back (exit 4).
+    """
+    from dbrollback.api import _error_text, _guard_connection, _timeouts
+
+    started = time.monotonic()
+    check_strategy(strategy)
+    AlembicProject(settings.alembic_config)  # a missing alembic.ini fails before any connection
+    database = resolve_database(settings, notify)
+    project = AlembicProject(settings.alembic_config, database.sqlalchemy_url)
+    store = configured_store(settings)
+    with connect(database, "rollback") as conn, tempfile.TemporaryDirectory(prefix="dbrb-sources-") as tmp:
+        if not catalog_exists(conn):
+            raise RefusedForSafety("This database has no dbrollback journal: no run to roll back")
+        ensure_catalog(conn)
+        acquire(conn, settings.lock_wait)
+        try:
+            mark_interrupted_runs(conn, lock_held_by_us=True)
+            run = choose_run(conn, run_id)
+            notes = _use_stored_sources(conn, project, run.applied_revisions, Path(tmp), notify)
+            runner = MigrationRunner(
+                project, database.sqlalchemy_url, _timeouts(settings), single_transaction=True
+            )
+            heads = _guard_connection(database, runner.current_heads)
+            check_heads(run, heads)
+            plan = gather(conn, settings, store, run, strategy)
+            planned = [s.revision for s in runner.plan("downgrade", plan.target, heads)]
+            if planned != plan.revisions:
+                raise RefusedForSafety(
+                    f"Downgrading to {plan.target} would undo {', '.join(planned) or 'nothing'}, not "
+                    f"what run {run.id} applied ({', '.join(plan.revisions)}). Nothing was changed.",
+                    run_id=run.id,
+                )
+            _refuse_autocommit_blocks(conn, project, plan)
+            if not (dry_run or assume_yes) and (confirm is None or not confirm(plan)):
+                raise RefusedForSafety("Rollback not confirmed; nothing was changed")
+            result = RollbackResult(run.id, plan.revisions, strategy, dry_run, notes=notes)
+            lost = (
+                {}
+                if dry_run
+                else _save_values_the_downgrade_drops(settings, database, conn, store, plan, progress, notify)
+            )
+            journal = Journal(conn, settings.actor)
+            if not dry_run:
+                result.rollback_run_id = journal.start_run(
+                    "rollback", "rollback", plan.target, list(heads), plan.revisions
+                )
+                audit.record(
+                    conn,
+                    "rollback",
+                    settings.actor,
+                    run_id=result.rollback_run_id,
+                    details={
+                        "status": "started",
+                        "reverts_run_id": run.id,
+                        "revisions": plan.revisions,
+                        "strategy": strategy,
+                    },
+                )
+
+            def version_table() -> tuple[str | None, str]:
+                context = runner._context
+                return (
+                    (None, "alembic_version")
+                    if context is None
+                    else (context.version_table_schema, context.version_table)
+                )
+
+            runner.hooks = RollbackHooks(
+                plan, store, journal, result.rollback_run_id, result, lost, notify, version_table
+            )
+            try:
+                runner.run("downgrade", plan.target)
+            except DryRunFinished:
+                pass
+            except BaseException as exc:
+                _journal_failure(conn, journal, settings, result, exc, runner)
+                if isinstance(exc, StepFailed):
+                    raise MigrationFailed(
+                        f"The rollback of run {run.id} failed at the downgrade of {exc.step.revision} "
+                        f"and was rolled back; nothing was changed: {_error_text(exc.error)}",
+                        run_id=run.id,
+                        failed_revision=exc.step.revision,
+                    ) from exc
+                if isinstance(exc, DbrollbackError) or not isinstance(exc, Exception):
+                    raise
+                raise MigrationFailed(
+                    f"The rollback of run {run.id} failed and was rolled back; nothing was "
+                    f"changed: {_error_text(exc)}",
+                    run_id=run.id,
+                ) from exc
+            result.duration_s = round(time.monotonic() - started, 3)
+            if result.rollback_run_id is not None:
+                journal.finish_run(result.rollback_run_id, "succeeded", list(_heads(runner)))
+                audit.record(
+                    conn,
+                    "rollback",
+                    settings.actor,
+                    run_id=result.rollback_run_id,
+                    details={"status": "succeeded", **result.to_dict()},
+                )
+            return result
+        finally:
+            unlock(conn)
+
+
+def _heads(runner: MigrationRunner) -> tuple[str, ...]:
+    try:
+        return runner.current_heads()
+    except Exception:
+        return ()
+
+
+def _journal_failure(
+    conn: psycopg.Connection,
+    journal: Journal,
+    settings: Settings,
+    result: RollbackResult,
+    exc: BaseException,
+    runner: MigrationRunner,
+) -> None:
+    from dbrollback.api import _error_text
+
+    if result.rollback_run_id is None:
+        return
+    status = "failed" if isinstance(exc, Exception) else "interrupted"
+    failed = runner.current_step.revision if runner.current_step else None
+    message = exc.message if isinstance(exc, DbrollbackError) else _error_text(exc)
+    journal.finish_run(result.rollback_run_id, status, list(_heads(runner)), failed, message)
+    audit.record(
+        conn,
+        "rollback",
+        settings.actor,
+        run_id=result.rollback_run_id,
+        details={"status": status, "failed_revision": failed, "error": message},
+    )
+
+
+def _use_stored_sources(
+    conn: psycopg.Connection, project: AlembicProject, revisions: list[str], directory: Path, notify: Notify
+) -> list[str]:
+    """Revisions missing from the checkout (the app was rolled back first) are loaded from the
+    source stored at upgrade, written to `directory` as an extra version location."""
+    notes: list[str] = []
+    missing = [r for r in revisions if not _in_checkout(project, r)]
+    for number, revision in enumerate(missing, 1):
+        stored = stored_revision_source(conn, revision)
+        if stored is None:
+            raise RefusedForSafety(
+                f"Revision {revision} is not in the checkout and its source was not stored at upgrade; its "
+                "downgrade cannot run. Check out the release that has it. Nothing was changed.",
+                revision=revision,
+            )
+        source, sha256, path = stored
+        (directory / f"dbrb_stored_{number}.py").write_text(source)
+        notes.append(
+            f"{revision}: its file ({path}) is missing from the checkout; using the source stored at "
+            f"upgrade (sha256 {sha256[:12]}…)"
+        )
+        notify(notes[-1])
+    if missing:
+        add_version_location(project.script, directory)
+    return notes
+
+
+def _in_checkout(project: AlembicProject, revision: str) -> bool:
+    try:
+        return project.script.get_revision(revision) is not None
+    except Exception:  # Alembic raises several kinds for an unknown id
+        return False
+
+
+def _refuse_autocommit_blocks(conn: psycopg.Connection, project: AlembicProject, plan: RollbackPlan) -> None:
+    """A revision that commits midway (autocommit_block) would break the single transaction."""
+    for revision in plan.revisions:
+        script = project.script.get_revision(revision)
+        path = Path(script.path) if script is not None and script.path else None
+        text = path.read_text(errors="replace") if path is not None and path.suffix == ".py" else ""
+        if "autocommit_block" in text:
+            raise RefusedForSafety(
+                f"Revision {revision} uses autocommit_block, which commits in the middle of the rollback's "
+                "single transaction; rollback (and --dry-run) of such a revision is not supported yet. "
+                "Nothing was changed.",
+                revision=revision,
+            )
+
+
+def _save_values_the_downgrade_drops(
+    settings: Settings,
+    database: Database,
+    conn: psycopg.Connection,
+    store: SnapshotStore,
+    plan: RollbackPlan,
+    progress: ProgressReporter,
+    notify: Notify,
+) -> dict[tuple[str, str], str]:
+    """Snapshot tables holding values in columns a reverted revision added (its downgrade will drop
+    them): table -> snapshot id. Taken before the rollback's transaction, on their own."""
+    saved: dict[tuple[str, str], str] = {}
+    for fingerprints in plan.fingerprints.values():
+        for f in fingerprints:
+            table = (f.schema, f.table)
+            if f.status != TAKEN or table in saved:
+                continue
+            before = {c.name for c in plan.table_manifest(f).columns}
+            now = live_columns(conn, f.schema, f.table) or {}
+            added = [c for c, info in now.items() if c not in before and not info.generated]
+            if not added or not _any_value(conn, table, added):
+                continue
+            manifest = take_snapshot(
+                settings,
+                database,
+                conn,
+                store,
+                [table],
+                label=f"rollback of run {plan.run.id}: values in columns its downgrade drops",
+                progress=progress,
+            )
+            saved[table] = manifest.id
+            notify(
+                f"Values in {f.schema}.{f.table} ({', '.join(added)}) that the downgrade drops were saved "
+                f"to snapshot {manifest.id}"
+            )
+    return saved
+
+
+def _any_value(conn: psycopg.Connection, table: tuple[str, str], columns: list[str]) -> bool:
+    from psycopg import sql
+
+    query = sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
+        sql.Identifier(*table),
+        sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in columns),
+    )
+    row = conn.execute(query).fetchone()
+    return bool(row and row[0])
