@@ -88,4 +88,46 @@ def test_demo_runs_end_to_end(cli, tmp_path):
     assert doc["status"]["current_heads"] == ["0009_drop_newsletter"]
     assert [r["status"] for r in doc["history"]] == ["succeeded", "succeeded"]
     assert len(doc["history"][0]["applied_revisions"]) + len(doc["history"][1]["applied_revisions"]) >= 9
+    assert [r["rollback"] for r in doc["history"]] == [{"possible": True, "reason": None}] * 2
     assert not Path(doc["workdir"]).exists()  # cleaned up
+
+    # the full story: the app writes after the lossy release, a dry run, the rollback, verified
+    assert doc["app_writes"] == {
+        "customers_updated": 5, "customers_inserted": 3, "products_updated": 2, "products_inserted": 2}  # fmt: skip
+    dry, real = doc["rollback_dry_run"], doc["rollback"]
+    assert (dry["dry_run"], real["dry_run"]) == (True, False)
+    upgrade_run = doc["history"][0]["id"]
+    assert dry["run_id"] == real["run_id"] == upgrade_run
+    assert real["reverted_revisions"][0] == "0009_drop_newsletter" and len(real["reverted_revisions"]) == 6
+    counts = [(t["table"], t["restored_rows"], t["reinserted_rows"], t["kept_rows"], t["conflicts"],
+               t["lost_writes"], t["verified"]) for t in real["tables"]]  # fmt: skip
+    assert counts == [
+        ("public.newsletter_signups", 0, 100, 0, 0, 0, True),  # the dropped table: every row back
+        ("public.products", 13, 0, 0, 0, 0, True),  # legacy_code: the dropped values back
+        ("public.products", 28, 0, 2, 2, 0, True),  # weight_kg: decimals back, the 2 re-weighed kept
+        ("public.customers", 0, 0, 0, 0, 303, True),  # first/last_name: saved before the downgrade drops them
+        ("public.customers", 83, 0, 5, 1, 0, True),  # emails: original case back, the 5 changed kept
+    ]
+    # the dry run saw the same (it saves nothing, so names no snapshot of the values it would lose)
+    unsaved = [{**t, "lost_values_saved_to": None} for t in real["tables"]]
+    assert (dry["tables"], dry["schema_matches"], dry["verified"]) == (unsaved, True, True)
+    assert (real["schema_matches"], real["verified"]) == (True, True)
+    after = {r["id"]: r for r in doc["history_after_rollback"]}
+    (rollback_run,) = [r for r in after.values() if r["command"] == "rollback"]
+    assert rollback_run["status"] == "succeeded"
+    assert after[upgrade_run]["rollback"] == {
+        "possible": False,
+        "reason": f"rolled back by run {rollback_run['id']}",
+    }
+
+
+def test_demo_text_tells_the_story(cli, tmp_path):
+    result = cli("demo", "--customers", "30", cwd=tmp_path)
+    assert result.code == 0, result.err
+    out = result.out
+    assert (
+        out.index("rollback --dry-run")
+        < out.index("rollback --yes")
+        < out.index("History after the rollback")
+    )
+    assert out.count("Verified: data and schema match") == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from dbrollback.cli.rollback_cmd import _render_result as render_rollback
 from dbrollback.cli.state import AppState, global_options, pass_state
 from dbrollback.cli.status_cmd import render_runs, render_status
 
@@ -24,7 +25,7 @@ def demo(state: AppState, customers: int, keep: bool) -> None:
         return
     console.table("Seeded rows", ["table", "rows"], sorted(report.seeded.items()))
     render_status(console, report.status, show_runs=False)
-    render_runs(console, "History (newest first)", report.history)
+    render_runs(console, "History (newest first)", report.history, report.readiness)
     if report.snapshots:
         console.table(
             "Snapshots taken automatically before the lossy revisions (dbrollback snapshot list)",
@@ -39,6 +40,20 @@ def demo(state: AppState, customers: int, keep: bool) -> None:
             verdict = "matches the snapshot (rows and checksum)" if t.ok else "DIFFERS from the snapshot"
             console.line(f"recovered.{t.table}: {t.live_rows:,} rows restored side by side; {verdict}",
                          style="green" if t.ok else "bold red")  # fmt: skip
+    if report.app_writes:
+        console.table(
+            "The app kept writing after the upgrade",
+            ["write", "rows"],
+            [(name.replace("_", " "), f"{rows:,}") for name, rows in report.app_writes.items()],
+        )
+    if report.rollback_dry_run is not None:
+        console.line("$ dbrollback rollback --dry-run")
+        render_rollback(console, report.rollback_dry_run)
+    if report.rollback is not None:
+        console.line("$ dbrollback rollback --yes")
+        render_rollback(console, report.rollback)
+        after = report.history_after_rollback
+        render_runs(console, "History after the rollback", after, report.readiness_after_rollback)
     console.line(f"Demo finished in {report.seconds:.1f}s.", style="green")
     if keep:
         pgdata = report.workdir / "pgdata"

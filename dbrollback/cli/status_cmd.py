@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,7 @@ from dbrollback.cli.state import AppState, global_options, pass_state
 if TYPE_CHECKING:
     from dbrollback import api
     from dbrollback.catalog.journal import RunRecord
+    from dbrollback.rollback.readiness import Readiness
 
 
 def _when(run: RunRecord) -> str:
@@ -25,19 +26,53 @@ def _duration(run: RunRecord) -> str:
     return f"{(run.finished_at - run.started_at).total_seconds():.2f}s"
 
 
-def render_runs(console: Console, title: str, runs: Sequence[RunRecord]) -> None:
+def _rollback_cell(readiness: Readiness | None) -> str:
+    if readiness is None:
+        return "-"
+    return "possible" if readiness.possible else f"no: {readiness.reason}"
+
+
+def render_runs(
+    console: Console,
+    title: str,
+    runs: Sequence[RunRecord],
+    readiness: Mapping[int, Readiness] | None = None,
+) -> None:
+    readiness = readiness or {}
     console.table(
         title,
-        ["run", "started", "took", "command", "target", "status", "applied", "actor@host", "error"],
+        ["run", "started", "took", "command", "target", "status", "applied", "actor@host", "error",
+         "rollback"],
         [
             (r.id, _when(r), _duration(r), r.command, r.target, r.status,
-             " ".join(r.applied_revisions) or "-", f"{r.actor}@{r.host}", r.error)
+             " ".join(r.applied_revisions) or "-", f"{r.actor}@{r.host}", r.error,
+             _rollback_cell(readiness.get(r.id)))
             for r in runs
         ],
     )  # fmt: skip
 
 
-def render_status(console: Console, report: api.StatusReport, show_runs: bool = True) -> None:
+def with_readiness(run: dict[str, Any], readiness: Mapping[int, Readiness]) -> dict[str, Any]:
+    """A run's JSON object with `rollback: {possible, reason}` (null for a run not checked)."""
+    found = readiness.get(run["id"])
+    return {**run, "rollback": found.to_dict() if found else None}
+
+
+def status_document(report: api.StatusReport, readiness: Mapping[int, Readiness]) -> dict[str, Any]:
+    doc = report.to_dict()
+    for key in ("runs", "interrupted_runs"):
+        doc[key] = [with_readiness(r, readiness) for r in doc[key]]
+    if doc["last_run"] is not None:
+        doc["last_run"] = with_readiness(doc["last_run"], readiness)
+    return doc
+
+
+def render_status(
+    console: Console,
+    report: api.StatusReport,
+    show_runs: bool = True,
+    readiness: Mapping[int, Readiness] | None = None,
+) -> None:
     console.line(f"Database:      {report.database}" + (" (embedded)" if report.embedded else ""))
     console.line(f"Current heads: {', '.join(report.current_heads) or '(base: nothing applied)'}")
     console.line(f"Script heads:  {', '.join(report.script_heads) or '(no revisions)'}")
@@ -59,7 +94,7 @@ def render_status(console: Console, report: api.StatusReport, show_runs: bool = 
             style="bold yellow",
         )
     if report.runs and show_runs:
-        render_runs(console, "Recent runs", report.runs[:5])
+        render_runs(console, "Recent runs", report.runs[:5], readiness)
 
 
 @click.command()
@@ -67,14 +102,20 @@ def render_status(console: Console, report: api.StatusReport, show_runs: bool = 
 @global_options
 @pass_state
 def status(state: AppState, limit: int) -> None:
-    """Current heads, pending revisions, the last runs and any interrupted run."""
-    from dbrollback import api
+    """Current heads, pending revisions, the last runs and any interrupted run.
 
-    report = api.status(state.settings(), limit=limit, notify=state.console.notice)
+    Each run says whether it can still be rolled back losslessly, or why not.
+    """
+    from dbrollback import api
+    from dbrollback.rollback.readiness import readiness_for
+
+    settings = state.settings()
+    report = api.status(settings, limit=limit, notify=state.console.notice)
+    readiness = readiness_for(settings, report.runs)
     if state.json:
-        state.console.emit_json(report.to_dict())
+        state.console.emit_json(status_document(report, readiness))
     else:
-        render_status(state.console, report)
+        render_status(state.console, report, readiness=readiness)
 
 
 @click.command()
@@ -82,16 +123,22 @@ def status(state: AppState, limit: int) -> None:
 @global_options
 @pass_state
 def history(state: AppState, limit: int) -> None:
-    """Runs recorded in this database's journal, newest first."""
-    from dbrollback import api
+    """Runs recorded in this database's journal, newest first.
 
-    runs = api.history(state.settings(), limit=limit, notify=state.console.notice)
+    Each run says whether it can still be rolled back losslessly, or why not.
+    """
+    from dbrollback import api
+    from dbrollback.rollback.readiness import readiness_for
+
+    settings = state.settings()
+    runs = api.history(settings, limit=limit, notify=state.console.notice)
+    readiness = readiness_for(settings, runs)
     if state.json:
-        state.console.emit_json({"runs": [r.to_dict() for r in runs]})
+        state.console.emit_json({"runs": [with_readiness(r.to_dict(), readiness) for r in runs]})
     elif not runs:
         state.console.line("No runs recorded yet.")
     else:
-        render_runs(state.console, "Run history (newest first)", runs)
+        render_runs(state.console, "Run history (newest first)", runs, readiness)
 
 
 COMMANDS = [status, history]
