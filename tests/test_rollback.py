@@ -643,8 +643,11 @@ def test_on_a_terminal_the_prompt_shows_the_dry_run_first(
     assert accepted.code == 0, accepted.err
     assert "Rolled back: run" in accepted.out and "public.accounts" in accepted.out
     assert _version(db) == [("r1",)]
-    history = cli("history", *_args(database_url, store))
-    assert history.code == 0 and "rollback" in history.out
+    history = cli("history", "--json", *_args(database_url, store))
+    assert history.code == 0
+    runs = history.json if isinstance(history.json, list) else history.json["runs"]
+    assert [r["direction"] for r in runs][:2] == ["rollback", "upgrade"]  # newest first
+    assert runs[1]["rollback"]["possible"] is False and "rolled back by run" in runs[1]["rollback"]["reason"]
 
 
 def test_split_column_comes_back_and_the_split_values_are_saved(project, cli, db, database_url, tmp_path):
