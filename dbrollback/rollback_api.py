@@ -7,6 +7,7 @@ the real thing rolled back.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,8 +27,9 @@ from dbrollback.database import Database, Notify, connect, resolve_database
 from dbrollback.errors import DbrollbackError, MigrationFailed, RefusedForSafety
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.rollback.execute import DryRunFinished, RollbackHooks
-from dbrollback.rollback.plan import RollbackPlan, check_heads, check_strategy, choose_run, gather
-from dbrollback.rollback.report import RollbackResult
+from dbrollback.rollback.plan import RollbackPlan, check_heads, check_strategy, choose_runs, gather
+from dbrollback.rollback.report import RollbackResult, SkippedDowngrade
+from dbrollback.rollback.restore_strategy import downgrades_guarded
 from dbrollback.rollback.sqlparts import live_columns
 from dbrollback.settings import Settings
 from dbrollback.snapshot.store import SnapshotStore
@@ -44,6 +46,8 @@ def rollback(
     settings: Settings,
     *,
     run_id: int | None = None,
+    to: str | None = None,
+    steps: int | None = None,
     strategy: str = "merge",
     dry_run: bool = False,
     assume_yes: bool = True,
@@ -51,11 +55,15 @@ def rollback(
     notify: Notify = _quiet,
     progress: ProgressReporter = SILENT,
 ) -> RollbackResult:
-    """Undo upgrade run `run_id` (default: the most recent one not rolled back yet).
+    """Undo upgrade run `run_id` (default: the most recent one not rolled back yet), or with `to` /
+    `steps` several runs newest first (until the database is at revision `to`, or `steps` runs), all
+    in one transaction.
 
-    Unless `assume_yes`, `confirm` is shown the plan before anything changes and must return True,
-    or the rollback is refused (exit 3); without one it is refused. Refusals (exit 3) change
-    nothing; a failure rolls everything back (exit 4).
+    `strategy` "merge" keeps later writes; "restore" puts the snapshotted tables back exactly to
+    their pre-image (discarding later writes, counted in `lost_writes`) and skips downgrades that
+    are missing, empty or raise. Unless `assume_yes`, `confirm` is shown the plan before anything
+    changes and must return True, or the rollback is refused (exit 3); without one it is refused.
+    Refusals (exit 3) change nothing; a failure rolls everything back (exit 4).
     """
     from dbrollback.api import _error_text, _guard_connection, _timeouts
 
@@ -65,32 +73,50 @@ def rollback(
     database = resolve_database(settings, notify)
     project = AlembicProject(settings.alembic_config, database.sqlalchemy_url)
     store = configured_store(settings)
-    with connect(database, "rollback") as conn, tempfile.TemporaryDirectory(prefix="dbrb-sources-") as tmp:
+    with (
+        connect(database, "rollback") as conn,
+        tempfile.TemporaryDirectory(prefix="dbrb-sources-") as tmp,
+        contextlib.ExitStack() as guards,
+    ):
         if not catalog_exists(conn):
             raise RefusedForSafety("This database has no dbrollback journal: no run to roll back")
         ensure_catalog(conn)
         acquire(conn, settings.lock_wait)
         try:
             mark_interrupted_runs(conn, lock_held_by_us=True)
-            run = choose_run(conn, run_id)
-            notes = _use_stored_sources(conn, project, run.applied_revisions, Path(tmp), notify)
+            runs = choose_runs(
+                conn, run_id, to=to, steps=steps, known_revision=lambda rev: _in_checkout(project, rev)
+            )
+            run = runs[0]
+            applied = [r for one in runs for r in one.applied_revisions]
+            notes = _use_stored_sources(conn, project, applied, Path(tmp), notify)
             runner = MigrationRunner(
                 project, database.sqlalchemy_url, _timeouts(settings), single_transaction=True
             )
             heads = _guard_connection(database, runner.current_heads)
             check_heads(run, heads)
-            plan = gather(conn, settings, store, run, strategy)
+            plan = gather(conn, settings, store, runs, strategy)
+            skipped: list[SkippedDowngrade] = []
+            if strategy == "restore":
+                # Before Alembic builds its steps: a step takes the module's downgrade when made.
+                guards.enter_context(downgrades_guarded(project, plan.revisions, skipped, notify))
+            else:
+                _refuse_missing_downgrades(project, plan)
             planned = [s.revision for s in runner.plan("downgrade", plan.target, heads)]
             if planned != plan.revisions:
+                which = ", ".join(str(r.id) for r in runs)
                 raise RefusedForSafety(
                     f"Downgrading to {plan.target} would undo {', '.join(planned) or 'nothing'}, not "
-                    f"what run {run.id} applied ({', '.join(plan.revisions)}). Nothing was changed.",
+                    f"what run(s) {which} applied ({', '.join(plan.revisions)}). Nothing was changed.",
                     run_id=run.id,
                 )
             _refuse_autocommit_blocks(conn, project, plan)
             if not (dry_run or assume_yes) and (confirm is None or not confirm(plan)):
                 raise RefusedForSafety("Rollback not confirmed; nothing was changed")
-            result = RollbackResult(run.id, plan.revisions, strategy, dry_run, notes=notes)
+            result = RollbackResult(
+                run.id, plan.revisions, strategy, dry_run, run_ids=[r.id for r in runs], notes=notes
+            )
+            result.skipped_downgrades = skipped
             lost = (
                 {}
                 if dry_run
@@ -109,6 +135,7 @@ def rollback(
                     details={
                         "status": "started",
                         "reverts_run_id": run.id,
+                        "reverts_run_ids": result.run_ids,
                         "revisions": plan.revisions,
                         "strategy": strategy,
                     },
@@ -224,6 +251,18 @@ def _in_checkout(project: AlembicProject, revision: str) -> bool:
         return project.script.get_revision(revision) is not None
     except Exception:  # Alembic raises several kinds for an unknown id
         return False
+
+
+def _refuse_missing_downgrades(project: AlembicProject, plan: RollbackPlan) -> None:
+    for revision in plan.revisions:
+        script = project.script.get_revision(revision)
+        if script is not None and not callable(getattr(script.module, "downgrade", None)):
+            raise RefusedForSafety(
+                f"Revision {revision} has no downgrade(), so --strategy merge cannot undo it. Hint: "
+                "--strategy restore moves its version back and puts its tables back to the snapshot "
+                "(losing later writes). Nothing was changed.",
+                revision=revision,
+            )
 
 
 def _refuse_autocommit_blocks(conn: psycopg.Connection, project: AlembicProject, plan: RollbackPlan) -> None:

@@ -479,8 +479,8 @@ def test_refusals_change_nothing(project, cli, db, database_url, tmp_path, monke
     # no terminal and no --yes
     monkeypatch.setattr("sys.stdin.isatty", lambda: False, raising=False)
     assert cli("rollback", *_args(database_url, store)).code == 3
-    # --strategy restore is not there yet: a usage error
-    assert cli("rollback", "--strategy", "restore", *_args(database_url, store)).code == 2
+    # --strategy restore discards later writes: never without a confirmation
+    assert cli("rollback", "--strategy", "restore", *_args(database_url, store)).code == 3
     # a later run on top
     project.add_revision(
         "r3", "r2", 'op.add_column("accounts", sa.Column("x", sa.Text))', 'op.drop_column("accounts", "x")'

@@ -105,7 +105,7 @@ def test_no_snapshot_and_policy_never(project, cli, db, database_url, tmp_path):
     doc = _upgraded(project, cli, db, database_url, store, "--no-snapshot")
     assert _readiness(cli, database_url, store, doc["run_id"]) == {
         "possible": False,
-        "reason": "applied with --no-snapshot",
+        "reason": "applied with --no-snapshot: nothing was saved",
     }
     _refused(cli, database_url, store, doc["run_id"], db)
     # policy `never` saves nothing either; a rollback would only run the downgrade, losing the column
@@ -116,6 +116,7 @@ def test_no_snapshot_and_policy_never(project, cli, db, database_url, tmp_path):
         "possible": False,
         "reason": "applied with snapshot policy 'never': nothing was saved",
     }
+    _refused(cli, database_url, store, never.json["run_id"], db)  # not a silent plain downgrade
 
 
 def test_snapshot_pruned_missing_or_outside_the_window(project, cli, db, database_url, tmp_path):

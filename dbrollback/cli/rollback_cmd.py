@@ -9,7 +9,7 @@ import click
 
 from dbrollback.cli.console import Console, TerminalProgress
 from dbrollback.cli.state import AppState, global_options, migration_options, pass_state
-from dbrollback.errors import EXIT_CHECK_FAILED, RefusedForSafety
+from dbrollback.errors import EXIT_CHECK_FAILED, ConfigError, RefusedForSafety
 
 if TYPE_CHECKING:
     from dbrollback.rollback.report import RollbackResult
@@ -17,12 +17,19 @@ if TYPE_CHECKING:
 
 def _render_result(console: Console, result: RollbackResult) -> None:
     title = "Would roll back (dry run, nothing changed)" if result.dry_run else "Rolled back"
+    runs = result.run_ids or [result.run_id]
     console.line(
-        f"{title}: run {result.run_id}, {', '.join(result.reverted_revisions)} "
-        f"(strategy {result.strategy}, {result.duration_s:.2f}s)"
+        f"{title}: run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}, "
+        f"{', '.join(result.reverted_revisions)} (strategy {result.strategy}, {result.duration_s:.2f}s)"
     )
     for note in result.notes:
         console.line(f"Note: {note}", style="yellow")
+    for skipped in result.skipped_downgrades:
+        console.line(
+            f"Downgrade of {skipped.revision} not run: {skipped.reason}; version moved back, tables restored "
+            "from the snapshot",
+            style="yellow",
+        )
     if result.tables:
         console.table(
             None,
@@ -57,6 +64,13 @@ def _render_result(console: Console, result: RollbackResult) -> None:
         console.line("Schema: DIFFERS from the schema before the upgrade:", style="bold red")
         for difference in result.schema_differences:
             console.line(f"  {difference.get('message', difference)}")
+    if result.strategy == "restore":
+        verb = "would discard" if result.dry_run else "discarded"
+        console.line(
+            f"Restore strategy: {verb} {result.lost_writes:,} row(s) written since the migration "
+            "(tables put back exactly to the snapshot)",
+            style="bold yellow" if result.lost_writes else None,
+        )
     if result.verified:
         console.line("Verified: data and schema match what they were before the upgrade", style="green")
     else:
@@ -72,11 +86,20 @@ def _render_result(console: Console, result: RollbackResult) -> None:
     help="Roll back this upgrade run [the most recent one not rolled back yet].",
 )
 @click.option(
+    "--to",
+    "to",
+    metavar="REV",
+    help="Roll back runs, newest first, until the database is at REV (a revision a run started from).",
+)
+@click.option("--steps", type=click.IntRange(min=1), metavar="N", help="Roll back the N most recent runs.")
+@click.option(
     "--strategy",
     type=click.Choice(["merge", "restore"]),
     default="merge",
     show_default=True,
-    help="merge: put back what the migration destroyed and keep later writes. restore: not implemented yet.",
+    help="merge: put back what the migration destroyed and keep later writes. restore: put the "
+    "snapshotted tables back exactly to the snapshot, DISCARDING later writes; downgrades that are "
+    "missing or raise are skipped.",
 )
 @click.option(
     "--dry-run", is_flag=True, help="Do everything in a transaction that is rolled back; report it."
@@ -85,13 +108,22 @@ def _render_result(console: Console, result: RollbackResult) -> None:
 @migration_options
 @global_options
 @pass_state
-def rollback(state: AppState, run_id: int | None, strategy: str, dry_run: bool, yes: bool) -> int:
+def rollback(
+    state: AppState,
+    run_id: int | None,
+    to: str | None,
+    steps: int | None,
+    strategy: str,
+    dry_run: bool,
+    yes: bool,
+) -> int:
     """Undo an upgrade run: downgrade its revisions and merge back the data they destroyed.
 
     Values the migration dropped or rewrote come back from the snapshot taken before it; writes
-    made since are kept (a collision is reported as a conflict). Everything happens in one
-    transaction, then it is verified. Exit 1 if verification failed, 3 if refused (nothing
-    changed), 4 if it failed (rolled back, nothing changed).
+    made since are kept (a collision is reported as a conflict). --strategy restore instead puts
+    the tables back exactly to the snapshot, discarding later writes. Everything happens in one
+    transaction (several runs too), then it is verified. Exit 1 if verification failed, 3 if
+    refused (nothing changed), 4 if it failed (rolled back, nothing changed).
     """
     settings = state.settings()
     console = state.console
@@ -99,6 +131,8 @@ def rollback(state: AppState, run_id: int | None, strategy: str, dry_run: bool, 
     from dbrollback.rollback_api import rollback as run_rollback  # imported when used: fast start-up
 
     check_strategy(strategy)  # a usage error comes before any question
+    if to is not None and steps is not None:
+        raise ConfigError("--to and --steps cannot be used together")
 
     if not dry_run and not yes:
         if state.json or not sys.stdin.isatty():
@@ -108,13 +142,23 @@ def rollback(state: AppState, run_id: int | None, strategy: str, dry_run: bool, 
             preview = run_rollback(
                 settings,
                 run_id=run_id,
+                to=to,
+                steps=steps,
                 strategy=strategy,
                 dry_run=True,
                 notify=console.notice,
                 progress=progress,
             )
         _render_result(console, preview)
-        if not click.confirm(f"Roll back run {preview.run_id}?", default=False, err=True):
+        runs = preview.run_ids or [preview.run_id]
+        question = f"Roll back run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}"
+        if strategy == "restore":
+            question += (
+                f", DISCARDING {preview.lost_writes:,} row(s) written since the migration"
+                if preview.lost_writes
+                else " (no later writes to discard)"
+            )
+        if not click.confirm(question + "?", default=False, err=True):
             raise RefusedForSafety("Rollback not confirmed; nothing was changed")
         run_id = preview.run_id
 
@@ -122,6 +166,8 @@ def rollback(state: AppState, run_id: int | None, strategy: str, dry_run: bool, 
         result = run_rollback(
             settings,
             run_id=run_id,
+            to=to,
+            steps=steps,
             strategy=strategy,
             dry_run=dry_run,
             notify=console.notice,

@@ -1,10 +1,11 @@
-"""The rollback's run: Alembic downgrades with the merge around each, in ONE transaction.
+"""The rollback's run: Alembic downgrades with the merge (or restore) around each, in ONE transaction.
 
 The runner calls these hooks on the revisions' own connection: `before_step` just before a
 revision's downgrade (prepare its tables), `step_applied` right after it, before the next one
-(merge, verify). After the last revision the schema is compared with the one recorded before the
-upgrade and the reverted run is marked; a dry run then raises :class:`DryRunFinished`, which
-rolls the whole transaction back.
+(merge or restore, verify). The revisions of several runs (--to, --steps) are just more steps of
+the same transaction. After the last revision the schema is compared with the one recorded before
+the oldest run and every reverted run is marked; a dry run then raises :class:`DryRunFinished`,
+which rolls the whole transaction back.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dbrollback.errors import DbrollbackError, RefusedForSafety
 from dbrollback.rollback.merge import TableMerge, merge, prepare
 from dbrollback.rollback.plan import RollbackPlan
 from dbrollback.rollback.report import RollbackResult, TableReport
+from dbrollback.rollback.restore_strategy import TableRestore, prepare_restore, restore_tables
 from dbrollback.rollback.sqlparts import Hasher
 from dbrollback.rollback.verify import verify_table
 from dbrollback.snapshot.store import SnapshotStore
@@ -57,6 +59,7 @@ class RollbackHooks:
         self.notify = notify
         self.version_table = version_table  # () -> (schema | None, name)
         self._merges: dict[str, list[TableMerge]] = {}
+        self._restores: dict[str, list[TableRestore]] = {}
         self._number = 0
         self._hasher: Hasher | None = None
 
@@ -78,6 +81,9 @@ class RollbackHooks:
     def before_step(self, step: PlannedStep, connection: Connection) -> None:
         conn = self._driver(connection)
         assert self._hasher is not None
+        if self.plan.strategy == "restore":
+            self._before_restore(step, conn)
+            return
         merges = []
         for fingerprint in self.plan.fingerprints.get(step.revision, []):
             self._number += 1
@@ -96,6 +102,38 @@ class RollbackHooks:
             merges.append(m)
         self._merges[step.revision] = merges
 
+    def _before_restore(self, step: PlannedStep, conn: psycopg.Connection) -> None:
+        assert self._hasher is not None
+        restores = []
+        for fingerprint in self.plan.fingerprints.get(step.revision, []):
+            self._number += 1
+            report = TableReport(
+                f"{fingerprint.schema}.{fingerprint.table}",
+                lost_values_saved_to=self.lost_values.get((fingerprint.schema, fingerprint.table)),
+            )
+            r = TableRestore(
+                fingerprint,
+                self.plan.table_manifest(fingerprint),
+                self.plan.manifests[fingerprint.snapshot_id],
+                self._number,
+                report,
+            )
+            prepare_restore(conn, self._hasher, self.store, r)
+            restores.append(r)
+        self._restores[step.revision] = restores
+
+    def _after_restore(self, step: PlannedStep, conn: psycopg.Connection) -> None:
+        restores = self._restores.get(step.revision, [])
+        restore_tables(conn, self.store, restores, dry_run=self.result.dry_run, notify=self.notify)
+        for r in restores:
+            self.result.tables.append(r.report)
+            t = r.report
+            self.notify(
+                f"{t.table} after the downgrade of {step.revision}: restored to the snapshot "
+                f"({t.restored_rows:,} updated, {t.reinserted_rows:,} inserted), {t.lost_writes:,} later "
+                "write(s) discarded" + ("" if t.verified else ", NOT verified")
+            )
+
     def step_applied(
         self, connection: Connection, step: PlannedStep, started_at: datetime, attempt: int
     ) -> None:
@@ -103,6 +141,8 @@ class RollbackHooks:
 
         conn = self._driver(connection)
         assert self._hasher is not None
+        if self.plan.strategy == "restore":
+            self._after_restore(step, conn)
         for m in self._merges.get(step.revision, []):
             merge(conn, self._hasher, self.store, m)
             m.report.verified = verify_table(conn, self._hasher, m)
@@ -124,10 +164,11 @@ class RollbackHooks:
             self._finish(conn)
 
     def _finish(self, conn: psycopg.Connection) -> None:
-        recorded = run_schema(conn, self.plan.run.id)
+        oldest = self.plan.oldest
+        recorded = run_schema(conn, oldest.id)
         if recorded is None:
             self.result.schema_matches = None
-            self.notify(f"No schema was recorded before run {self.plan.run.id}: it cannot be compared")
+            self.notify(f"No schema was recorded before run {oldest.id}: it cannot be compared")
         else:
             schema, name = self.version_table()
             search_path = conn.execute("SELECT current_setting('search_path')").fetchone()
@@ -141,6 +182,8 @@ class RollbackHooks:
             self.result.schema_differences = [d.to_dict() for d in differences]
         if self.rollback_run_id is not None:
             mark_reverted(conn, self.rollback_run_id, self.plan.run.id)
+            for run in self.plan.runs[1:]:
+                _mark_also_reverted(conn, self.rollback_run_id, run.id)
         if self.result.dry_run:
             raise DryRunFinished("dry run: rolled back")
 
@@ -156,3 +199,18 @@ class RollbackHooks:
 
     def retrying(self, step: PlannedStep, attempt: int, delay: float) -> None:  # single transaction: never
         pass
+
+
+def _mark_also_reverted(conn: psycopg.Connection, rollback_run_id: int, reverted_run_id: int) -> None:
+    """A journal run per further run reverted (a run reverts at most one run), a copy of the
+    rollback's own, inserted in the rollback's transaction so it commits if and only if it does."""
+    conn.execute(
+        """INSERT INTO dbrollback.runs (command, direction, status, started_at, finished_at, actor, os_user,
+               host, pid, backend_pid, tool_version, command_line, target, from_revisions,
+               planned_revisions, to_revisions, reverts_run_id)
+           SELECT command, direction, 'succeeded', started_at, clock_timestamp(), actor, os_user, host, pid,
+                  backend_pid, tool_version, command_line, target, from_revisions, planned_revisions,
+                  (SELECT from_revisions FROM dbrollback.runs WHERE id = %s), %s
+           FROM dbrollback.runs WHERE id = %s""",
+        (reverted_run_id, reverted_run_id, rollback_run_id),
+    )

@@ -26,13 +26,12 @@ from dbrollback.catalog.schema import catalog_exists, installed_version
 from dbrollback.database import connect, resolve_database
 from dbrollback.durations import format_duration
 from dbrollback.errors import DbrollbackError, RefusedForSafety
-from dbrollback.rollback.plan import downgrade_target
+from dbrollback.rollback.plan import FINGERPRINTS_SINCE, downgrade_target, unprotected_reason
 from dbrollback.settings import Settings
 from dbrollback.snapshot.manifest import SnapshotManifest
 from dbrollback.snapshot.store import SnapshotStore
 
 # Catalog version 4 added fingerprints: runs journaled before it have none to merge with.
-_FINGERPRINTS_SINCE = 4
 
 
 @dataclass(frozen=True)
@@ -100,13 +99,11 @@ class _Checker:
             downgrade_target(run)
         except RefusedForSafety:
             return _not(f"started from several heads ({', '.join(run.from_revisions)}): not supported yet")
-        if self._catalog_version < _FINGERPRINTS_SINCE:
+        if self._catalog_version < FINGERPRINTS_SINCE:
             return _not("journaled by an older dbrollback that kept no post-image fingerprints")
-        policy, skipped = self._snapshot_policy(run.id)
-        if skipped:
-            return _not("applied with --no-snapshot")
-        if policy == "never":
-            return _not("applied with snapshot policy 'never': nothing was saved")
+        unprotected = unprotected_reason(self.conn, run.id)
+        if unprotected is not None:
+            return _not(f"{unprotected}: nothing was saved")
         fingerprints = fingerprints_of_run(self.conn, run.id)
         for fingerprint in fingerprints:
             if fingerprint.status == NO_KEY:
@@ -122,13 +119,6 @@ class _Checker:
             if (fingerprint.schema, fingerprint.table) not in tables:
                 return _not(f"snapshot {found.id} does not hold {_name(fingerprint)}")
         return READY
-
-    def _snapshot_policy(self, run_id: int) -> tuple[str | None, bool]:
-        row = self.conn.execute(
-            "SELECT snapshot_policy, coalesce(snapshot_skipped, false) FROM dbrollback.runs WHERE id = %s",
-            (run_id,),
-        ).fetchone()
-        return (row[0], bool(row[1])) if row else (None, False)
 
     def _missing_fingerprint_tables(self, fingerprints: list[Fingerprint]) -> list[str]:
         # The same to_regclass test as plan.py's _fingerprint_table_exists, for all tables at once.

@@ -1,0 +1,369 @@
+"""`dbrollback rollback --strategy restore` and rolling back several runs (`--to`, `--steps`), on the
+real server, with writes made after the upgrade through a separate connection."""
+
+from __future__ import annotations
+
+import psycopg
+
+from dbrollback.catalog.journal import rolled_back_runs
+from dbrollback.snapshot.checksum import table_checksum
+
+from .conftest import Project
+from .test_rollback import (
+    DROP_LEGACY,
+    ODD_COL,
+    ODD_SCHEMA,
+    ODD_TABLE,
+    _accounts,
+    _accounts_checksum,
+    _args,
+    _fill,
+    _rollback,
+    _rows,
+    _table,
+    _two_lossy,
+    _upgrade,
+    _version,
+)
+
+RAISING = 'raise NotImplementedError("no way back")'
+
+
+def _later_writes(db: psycopg.Connection) -> None:
+    """10 rows updated, 5 inserted, 5 deleted after the migration: 20 rows written since."""
+    db.execute("UPDATE accounts SET email = 'changed' || id WHERE id <= 10")
+    db.execute("INSERT INTO accounts (id, email) SELECT g, 'new' || g FROM generate_series(101, 105) g")
+    db.execute("DELETE FROM accounts WHERE id BETWEEN 91 AND 95")
+
+
+def _state(db: psycopg.Connection) -> tuple:
+    return (
+        table_checksum(db, "public", "accounts"),
+        _version(db),
+        _rows(db, "SELECT count(*), max(id) FROM dbrollback.runs"),
+        _rows(
+            db,
+            "SELECT format_type(atttypid, atttypmod), attname FROM pg_attribute "
+            "WHERE attrelid = 'accounts'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        ),
+    )
+
+
+# -- --strategy restore --------------------------------------------------------------------------------
+
+
+def test_restore_skips_a_raising_downgrade_and_puts_the_pre_image_back(
+    project, cli, db, database_url, tmp_path
+):
+    _accounts(project, DROP_LEGACY[0], RAISING)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db)
+    before = _accounts_checksum(db)
+    upgraded = _upgrade(cli, database_url, store)
+    _later_writes(db)
+
+    # merge cannot: the downgrade raises, and that fails the rollback (nothing changed)
+    unchanged = _state(db)
+    assert cli("rollback", "--yes", "--json", *_args(database_url, store)).code == 4
+    assert _state(db)[:2] == unchanged[:2] and _state(db)[3] == unchanged[3]
+
+    dry = _rollback(cli, database_url, store, "--strategy", "restore", "--dry-run")
+    after_dry = _state(db)
+    assert after_dry[:2] == unchanged[:2] and after_dry[3] == unchanged[3]
+    assert after_dry[2][0][0] == unchanged[2][0][0] + 1  # only the failed merge attempt is journaled
+
+    doc = _rollback(cli, database_url, store, "--strategy", "restore")
+    assert (doc["run_id"], doc["run_ids"], doc["reverted_revisions"]) == (
+        upgraded["run_id"],
+        [upgraded["run_id"]],
+        ["r2"],
+    )
+    assert (doc["strategy"], doc["dry_run"], doc["verified"]) == ("restore", False, True)
+    (skipped,) = doc["skipped_downgrades"]
+    assert skipped["revision"] == "r2" and "NotImplementedError" in skipped["reason"]
+    table = _table(doc, "public.accounts")
+    assert (table["lost_writes"], table["kept_rows"], table["conflicts"], table["verified"]) == (
+        20,
+        0,
+        0,
+        True,
+    )
+    assert table["reinserted_rows"] == 100  # the table did not have the snapshot's shape: recreated
+    for key in ("tables", "verified", "reverted_revisions", "skipped_downgrades", "schema_matches"):
+        assert dry[key] == doc[key], key
+    assert dry["dry_run"] is True
+
+    # exactly the pre-image: later writes gone, the dropped column back, the version moved back
+    assert _accounts_checksum(db) == before
+    assert _version(db) == [("r1",)]
+    assert _rows(db, "SELECT count(*) FROM accounts WHERE id > 100 OR email LIKE 'changed%%'") == [(0,)]
+    assert _rows(db, "SELECT legacy FROM accounts WHERE id = 93") == [("L93",)]
+    assert rolled_back_runs(db) == {upgraded["run_id"]: doc_run_id(db)}
+    # the serial column's sequence survived the recreation and still owns/feeds the column
+    db.execute("INSERT INTO accounts (email) VALUES ('after')")
+    assert _rows(db, "SELECT id > 100 FROM accounts WHERE email = 'after'") == [(True,)]
+
+
+def doc_run_id(db: psycopg.Connection) -> int:
+    (row,) = _rows(db, "SELECT max(id) FROM dbrollback.runs WHERE direction = 'rollback'")
+    return int(row[0])
+
+
+def test_restore_in_place_after_an_empty_downgrade_with_odd_identifiers(
+    project, cli, db, database_url, tmp_path
+):
+    table = f"{ODD_SCHEMA}.{ODD_TABLE}"
+    project.add_revision(
+        "r1",
+        None,
+        f"""
+        op.execute(sa.schema.CreateSchema({ODD_SCHEMA!r}))
+        op.create_table({ODD_TABLE!r}, sa.Column("region", sa.Text, primary_key=True),
+                        sa.Column("n", sa.Integer, primary_key=True), sa.Column({ODD_COL!r}, sa.Text),
+                        schema={ODD_SCHEMA!r})
+    """,
+    )
+    project.add_revision(
+        "r2",
+        "r1",
+        """op.execute(sa.text('UPDATE "Sch ""é""; x"."Ödd ""tab""; le" SET "Spa ce ""q""; ü" = upper("Spa ce ""q""; ü")'))""",
+        '"""Nothing to undo, says its author."""',
+    )
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    qualified = psycopg.sql.Identifier(ODD_SCHEMA, ODD_TABLE)
+    db.execute(
+        psycopg.sql.SQL("INSERT INTO {} SELECT 'eu', g, 'v' || g FROM generate_series(1, 20) g").format(
+            qualified
+        )
+    )
+    before = table_checksum(db, ODD_SCHEMA, ODD_TABLE)
+    _upgrade(cli, database_url, store)
+    db.execute(psycopg.sql.SQL("INSERT INTO {} VALUES ('us', 1, 'new')").format(qualified))
+    db.execute(
+        psycopg.sql.SQL("UPDATE {} SET {} = 'w' WHERE n = 2").format(
+            qualified, psycopg.sql.Identifier(ODD_COL)
+        )
+    )
+
+    doc = _rollback(cli, database_url, store, "--strategy", "restore")
+    (skipped,) = doc["skipped_downgrades"]
+    assert skipped == {"revision": "r2", "reason": "its downgrade() is empty"}
+    found = _table(doc, table)
+    # in place (same shape): 19 rows updated back (n = 2 included), the inserted row deleted
+    assert (found["restored_rows"], found["reinserted_rows"], found["lost_writes"]) == (20, 0, 2)
+    assert found["verified"] and doc["verified"] and doc["schema_matches"]
+    assert table_checksum(db, ODD_SCHEMA, ODD_TABLE) == before and _version(db) == [("r1",)]
+
+
+def test_table_without_a_key_merge_refuses_restore_replaces_it(project, cli, db, database_url, tmp_path):
+    project.add_revision(
+        "r1", None, 'op.create_table("loose", sa.Column("a", sa.Integer), sa.Column("b", sa.Text))'
+    )
+    project.add_revision(
+        "r2", "r1", 'op.drop_column("loose", "b")', 'op.add_column("loose", sa.Column("b", sa.Text))'
+    )
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO loose SELECT g, 'b' || g FROM generate_series(1, 5) g")
+    before = table_checksum(db, "public", "loose", columns=["a", "b"])
+    _upgrade(cli, database_url, store)
+    db.execute("INSERT INTO loose VALUES (6), (7)")
+
+    refused = cli("rollback", "--yes", "--json", *_args(database_url, store))
+    assert refused.code == 3 and "--strategy restore" in refused.json["message"]
+    assert _version(db) == [("r2",)] and _rows(db, "SELECT count(*) FROM loose") == [(7,)]
+
+    doc = _rollback(cli, database_url, store, "--strategy", "restore")
+    assert doc["skipped_downgrades"] == []  # the downgrade ran and brought the column back
+    loose = _table(doc, "public.loose")
+    assert (loose["lost_writes"], loose["reinserted_rows"], loose["verified"]) == (2, 5, True)
+    assert table_checksum(db, "public", "loose", columns=["a", "b"]) == before
+    assert _version(db) == [("r1",)] and doc["verified"]
+
+
+def test_restore_on_a_terminal_says_how_many_writes_are_discarded(
+    project, cli, db, database_url, tmp_path, monkeypatch
+):
+    _accounts(project, *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db)
+    _upgrade(cli, database_url, store)
+    _later_writes(db)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    questions: list[str] = []
+    monkeypatch.setattr("click.confirm", lambda text, *a, **k: questions.append(text) and False)
+    result = cli("rollback", "--strategy", "restore", *_args(database_url, store))
+    assert result.code == 3
+    (question,) = questions
+    assert "DISCARDING 20 row(s) written since the migration" in question
+    assert "would discard 20 row(s)" in result.out
+    assert _version(db) == [("r2",)]
+
+
+# -- several runs: --steps, --to, --run ------------------------------------------------------------------
+
+
+def _two_runs(project: Project, cli, db, database_url: str, store) -> tuple[dict, dict, tuple[int, str]]:
+    _two_lossy(project)
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 30)
+    before = _accounts_checksum(db)
+    first = _upgrade(cli, database_url, store, "r2")
+    db.execute("UPDATE accounts SET email = 'between' WHERE id = 1")
+    second = _upgrade(cli, database_url, store)
+    db.execute("UPDATE accounts SET amount = 77 WHERE id = 2")
+    return first, second, before
+
+
+def _both_reverted(
+    db: psycopg.Connection, doc: dict, first: dict, second: dict, before: tuple[int, str]
+) -> None:
+    assert (doc["run_id"], doc["run_ids"]) == (second["run_id"], [second["run_id"], first["run_id"]])
+    assert doc["reverted_revisions"] == ["r4", "r3", "r2"] and doc["verified"] and doc["schema_matches"]
+    assert _version(db) == [("r1",)]
+    assert set(rolled_back_runs(db)) == {first["run_id"], second["run_id"]}
+    assert _rows(db, "SELECT email, amount::text, legacy FROM accounts WHERE id IN (1, 2) ORDER BY id") == [
+        ("between", "1.25", "L1"),
+        ("User2@X.org", "77.00", "L2"),
+    ]
+    db.execute("UPDATE accounts SET email = 'User1@X.org' WHERE id = 1")
+    db.execute("UPDATE accounts SET amount = 2.25 WHERE id = 2")
+    assert _accounts_checksum(db) == before
+
+
+def test_two_runs_rolled_back_with_steps_in_one_transaction(project, cli, db, database_url, tmp_path):
+    store = tmp_path / "store"
+    first, second, before = _two_runs(project, cli, db, database_url, store)
+    dry = _rollback(cli, database_url, store, "--steps", "2", "--dry-run")
+    assert dry["run_ids"] == [second["run_id"], first["run_id"]] and dry["verified"]
+    assert _version(db) == [("r4",)] and rolled_back_runs(db) == {}
+    doc = _rollback(cli, database_url, store, "--steps", "2")
+    assert [t["table"] for t in doc["tables"]] == ["public.accounts"] * 2
+    _both_reverted(db, doc, first, second, before)
+
+
+def test_two_runs_rolled_back_with_to_and_run(project, cli, db, database_url, tmp_path):
+    store = tmp_path / "store"
+    first, second, before = _two_runs(project, cli, db, database_url, store)
+    # the older run alone: the newer one is still applied
+    refused = cli("rollback", "--yes", "--json", "--run", str(first["run_id"]), *_args(database_url, store))
+    assert refused.code == 3 and "something ran after it" in refused.json["message"]
+    doc = _rollback(cli, database_url, store, "--to", "r1", "--run", str(first["run_id"]))
+    _both_reverted(db, doc, first, second, before)
+
+
+def test_to_and_steps_refusals_change_nothing(project, cli, db, database_url, tmp_path):
+    store = tmp_path / "store"
+    first, second, _ = _two_runs(project, cli, db, database_url, store)
+    before = _state(db)
+
+    unknown = cli("rollback", "--yes", "--json", "--to", "nope", *_args(database_url, store))
+    assert unknown.code == 2 and unknown.json["error"] == "unknown_revision"
+    # r3 is a known revision, but no run started from it (it was applied in the middle of a run)
+    middle = cli("rollback", "--yes", "--json", "--to", "r3", *_args(database_url, store))
+    assert middle.code == 3 and "r2" in middle.json["message"]
+    # r4 is where the database is now: no run to roll back started there
+    assert cli("rollback", "--yes", "--json", "--to", "r4", *_args(database_url, store)).code == 3
+    # more runs than there are (the run that created the table is the third)
+    too_many = cli("rollback", "--yes", "--json", "--steps", "4", *_args(database_url, store))
+    assert too_many.code == 3 and too_many.json["available"][:2] == [second["run_id"], first["run_id"]]
+    assert cli("rollback", "--yes", "--steps", "0", *_args(database_url, store)).code == 2
+    assert cli("rollback", "--yes", "--steps", "1", "--to", "r2", *_args(database_url, store)).code == 2
+    # --run not among the runs --steps picks
+    outside = cli(
+        "rollback",
+        "--yes",
+        "--json",
+        "--steps",
+        "1",
+        "--run",
+        str(first["run_id"]),
+        *_args(database_url, store),
+    )
+    assert outside.code == 3 and str(first["run_id"]) in outside.json["message"]
+    assert _state(db) == before and rolled_back_runs(db) == {}
+
+    # --to r2 is the one-run rollback of the newest run
+    doc = _rollback(cli, database_url, store, "--to", "r2")
+    assert doc["run_ids"] == [second["run_id"]] and _version(db) == [("r2",)]
+
+
+def test_restore_of_two_runs_with_a_downgrade_failing_halfway(project, cli, db, database_url, tmp_path):
+    store = tmp_path / "store"
+    _two_lossy(project)
+    # r4's downgrade changes the type back, then fails: the savepoint undoes its first half too
+    (project.versions / "r4.py").write_text(
+        (project.versions / "r4.py")
+        .read_text()
+        .replace(
+            'op.alter_column("accounts", "amount", type_=sa.Numeric(10, 2))',
+            'op.alter_column("accounts", "amount", type_=sa.Numeric(10, 2))\n    op.execute("SELECT 1/0")',
+        )
+    )
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 30)
+    before = _accounts_checksum(db)
+    first = _upgrade(cli, database_url, store, "r2")
+    db.execute("UPDATE accounts SET email = 'between' WHERE id = 1")
+    second = _upgrade(cli, database_url, store)
+    db.execute("UPDATE accounts SET amount = 77 WHERE id = 2")
+
+    doc = _rollback(cli, database_url, store, "--steps", "2", "--strategy", "restore")
+    assert doc["run_ids"] == [second["run_id"], first["run_id"]] and doc["verified"]
+    (skipped,) = doc["skipped_downgrades"]
+    assert skipped["revision"] == "r4" and "division by zero" in skipped["reason"]
+    # r4's table: recreated (still integer after the skipped downgrade), the write to id 2 discarded;
+    # r2's table: the downgrade ran, restored in place, the write between the runs discarded
+    assert [(t["table"], t["lost_writes"]) for t in doc["tables"]] == [
+        ("public.accounts", 1),
+        ("public.accounts", 1),
+    ]
+    assert _accounts_checksum(db) == before and _version(db) == [("r1",)]
+    assert set(rolled_back_runs(db)) == {first["run_id"], second["run_id"]}
+
+
+def test_restore_of_a_dropped_table_without_a_downgrade_function(project, cli, db, database_url, tmp_path):
+    project.add_revision(
+        "r1",
+        None,
+        'op.create_table("old", sa.Column("id", sa.Integer, primary_key=True), sa.Column("v", sa.Text))',
+    )
+    project.add_revision("r2", "r1", 'op.drop_table("old")')
+    path = project.versions / "r2.py"
+    path.write_text(path.read_text().split("def downgrade():")[0])  # no downgrade() at all
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO old SELECT g, 'v' || g FROM generate_series(1, 12) g")
+    before = table_checksum(db, "public", "old")
+    _upgrade(cli, database_url, store)
+
+    refused = cli("rollback", "--yes", "--json", *_args(database_url, store))
+    assert refused.code == 3 and "--strategy restore" in refused.json["message"]
+    assert _version(db) == [("r2",)]
+
+    doc = _rollback(cli, database_url, store, "--strategy", "restore")
+    assert doc["skipped_downgrades"] == [{"revision": "r2", "reason": "the revision has no downgrade()"}]
+    old = _table(doc, "public.old")
+    assert (old["reinserted_rows"], old["lost_writes"], old["verified"]) == (12, 0, True)
+    assert table_checksum(db, "public", "old") == before and _version(db) == [("r1",)]
+    assert "def downgrade" not in path.read_text()  # the revision module was only patched in memory
+    # the serial column's sequence went with the table; it is back, owned by the column, past the rows
+    db.execute("INSERT INTO old (v) VALUES ('next')")
+    assert _rows(db, "SELECT id FROM old WHERE v = 'next'") == [(13,)]
+
+
+def test_restore_refuses_to_recreate_a_table_others_depend_on(project, cli, db, database_url, tmp_path):
+    _accounts(project, DROP_LEGACY[0], RAISING)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 10)
+    _upgrade(cli, database_url, store)
+    db.execute("CREATE VIEW account_emails AS SELECT id, email FROM accounts")
+    before = _state(db)
+    refused = cli("rollback", "--yes", "--json", "--strategy", "restore", *_args(database_url, store))
+    assert refused.code == 3 and "account_emails" in refused.json["message"]
+    after = _state(db)
+    assert after[:2] == before[:2] and after[3] == before[3] and rolled_back_runs(db) == {}
