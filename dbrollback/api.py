@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql as psycopg_sql
@@ -44,6 +44,9 @@ from dbrollback.snapshot.store import SnapshotStore
 from dbrollback.snapshot_api import configured_store, take_snapshot
 from dbrollback.urls import redact
 
+if TYPE_CHECKING:
+    from dbrollback.rollback.roll_forward import RollForward
+
 
 def _quiet(_: str) -> None:
     pass
@@ -65,6 +68,8 @@ class MigrationResult:
     restore_points: list[dict[str, Any]] = field(default_factory=list)
     snapshot_policy: str = "never"
     warnings: list[str] = field(default_factory=list)
+    # values a rollback saved before its downgrade dropped their columns, put back by this upgrade
+    restored_values: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         def step(s: PlannedStep) -> dict[str, Any]:
@@ -85,6 +90,7 @@ class MigrationResult:
             "snapshots": self.snapshots,
             "restore_points": self.restore_points,
             "warnings": self.warnings,
+            "restored_values": self.restored_values,
         }
 
 
@@ -131,6 +137,7 @@ class _JournalHooks:
         self.snapshots: list[dict[str, Any]] = []
         self.restore_points: list[dict[str, Any]] = []
         self._restore_point_warned = False
+        self.roll_forward: RollForward | None = None
 
     def planned(self, current_heads: tuple[str, ...], steps: list[PlannedStep]) -> None:
         if self.run_id is None:
@@ -140,6 +147,8 @@ class _JournalHooks:
                 self.direction, self.direction, self.target, list(current_heads),
                 [s.revision for s in steps],
             )  # fmt: skip
+            if self.roll_forward is not None:
+                self.roll_forward.run_id = self.run_id
             self.journal.conn.execute(
                 "UPDATE dbrollback.runs SET snapshot_policy = %s, snapshot_skipped = %s WHERE id = %s",
                 (self.duty.policy, self.duty.skipped_by_flag, self.run_id),
@@ -196,6 +205,8 @@ class _JournalHooks:
             self._restore_point_warned = True
             self.notify(f"No named restore points ({point.note}); WAL positions are journaled instead")
         self._fingerprints_due.pop(step.revision, None)  # an earlier attempt's snapshot is not this one's
+        if self.roll_forward is not None:
+            self.roll_forward.forget(step.revision)
         tables = [t for t in self.duty.tables_by_revision.get(step.revision, []) if _table_exists(conn, t)]
         if tables:
             self._snapshot_before(step, connection, tables)
@@ -259,6 +270,9 @@ class _JournalHooks:
             driver = connection.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
             self._store_source(driver, step)
+            if self.roll_forward is not None:
+                # Before the fingerprint: it is the state this revision commits, values put back included.
+                self.roll_forward.after_revision(driver, step.revision)
             for number, target in enumerate(self._fingerprints_due.pop(step.revision, []), 1):
                 self._fingerprint(driver, step, target, number)
         record_applied_step(connection, self.run_id, step.revision, step.phase, started_at, attempt)
@@ -321,12 +335,15 @@ def _project(settings: Settings, database: Database) -> AlembicProject:
 
 def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = False,
             snapshot: bool = True, progress: ProgressReporter = SILENT,
-            notify: Notify = _quiet) -> MigrationResult:  # fmt: skip
+            notify: Notify = _quiet, skip_saved_values: bool = False) -> MigrationResult:  # fmt: skip
     """Upgrade or downgrade to ``target``: one transaction per revision, each journaled.
 
     An upgrade first works out which revisions destroy data (see dbrollback.analysis.plan) and
     snapshots the tables they touch just before each of them runs, as `settings.snapshot`
     says; ``snapshot=False`` (--no-snapshot) skips that and is recorded in the journal and audit.
+    Values a rollback saved before dropping their columns come back when the revision that added
+    them is applied again (refused, exit 3, when their snapshot is unusable, unless
+    ``skip_saved_values``, which marks them as not restored).
     """
     AlembicProject(settings.alembic_config)  # a missing alembic.ini fails before any connection
     database = resolve_database(settings, notify)
@@ -345,14 +362,32 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
             marked = mark_interrupted_runs(conn, lock_held_by_us=True)
             if marked:
                 notify(f"Marked earlier run(s) {', '.join(map(str, marked))} as interrupted")
+            forward = _roll_forward(settings, conn, direction, planned, skip_saved_values, notify)
             duty = _snapshot_duty(settings, database, direction, target, planned, snapshot, progress, notify)
             journal = Journal(conn, settings.actor)
             hooks = _JournalHooks(journal, direction, target, notify, duty, project,
                                   version_table=lambda: _version_table(runner))  # fmt: skip
+            hooks.roll_forward = forward
             runner.hooks = hooks
             return _run_journaled(settings, conn, runner, hooks, direction, target, marked, database)
         finally:
             unlock(conn)
+
+
+def _roll_forward(settings: Settings, conn: psycopg.Connection, direction: str, planned: list[PlannedStep],
+                  skip: bool, notify: Notify) -> RollForward | None:  # fmt: skip
+    """Values saved by earlier rollbacks for the revisions this upgrade applies; their snapshots are
+    checked now, so an unusable one refuses the run before anything changes."""
+    from dbrollback.rollback.roll_forward import RollForward, check_saved_snapshots, pending_saved_values
+
+    if direction != "upgrade" or not planned:
+        return None
+    pending = pending_saved_values(conn, [s.revision for s in planned])
+    if not pending:
+        return None
+    store = None if skip else configured_store(settings)
+    manifests = {} if store is None else check_saved_snapshots(conn, store, pending)
+    return RollForward(store, pending, manifests, run_id=0, notify=notify, skip=skip)
 
 
 def _snapshot_duty(settings: Settings, database: Database, direction: str, target: str,
@@ -481,6 +516,12 @@ def _run_journaled(settings: Settings, conn: psycopg.Connection, runner: Migrati
         raise
     to_heads = list(outcome.final_heads)
     assert hooks.run_id is not None
+    forward = hooks.roll_forward
+    warnings = list(hooks.duty.warnings)
+    if forward is not None:
+        for warning in forward.left_behind():
+            hooks.notify(f"Warning: {warning}")
+            warnings.append(warning)
     journal.finish_run(hooks.run_id, "succeeded", to_heads)
     audit.record(conn, direction, settings.actor, run_id=hooks.run_id,
                  details={"status": "succeeded", "target": target,
@@ -488,7 +529,8 @@ def _run_journaled(settings: Settings, conn: psycopg.Connection, runner: Migrati
     return MigrationResult(hooks.run_id, direction, target, hooks.from_heads, to_heads,
                            outcome.applied, marked, database.display, planned=hooks.plan,
                            snapshots=hooks.snapshots, restore_points=hooks.restore_points,
-                           snapshot_policy=hooks.duty.policy, warnings=hooks.duty.warnings)  # fmt: skip
+                           snapshot_policy=hooks.duty.policy, warnings=warnings,
+                           restored_values=forward.restored if forward else [])  # fmt: skip
 
 
 def _heads_or_none(runner: MigrationRunner) -> list[str] | None:

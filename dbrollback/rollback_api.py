@@ -26,10 +26,11 @@ from dbrollback.catalog.schema import catalog_exists, ensure_catalog
 from dbrollback.database import Database, Notify, connect, resolve_database
 from dbrollback.errors import DbrollbackError, MigrationFailed, RefusedForSafety
 from dbrollback.progress import SILENT, ProgressReporter
-from dbrollback.rollback.execute import DryRunFinished, RollbackHooks
+from dbrollback.rollback.execute import DryRunFinished
 from dbrollback.rollback.plan import RollbackPlan, check_heads, check_strategy, choose_runs, gather
 from dbrollback.rollback.report import RollbackResult, SkippedDowngrade
 from dbrollback.rollback.restore_strategy import downgrades_guarded
+from dbrollback.rollback.roll_forward import RecordingRollbackHooks, SavedValues
 from dbrollback.rollback.sqlparts import live_columns
 from dbrollback.settings import Settings
 from dbrollback.snapshot.store import SnapshotStore
@@ -117,10 +118,13 @@ def rollback(
                 run.id, plan.revisions, strategy, dry_run, run_ids=[r.id for r in runs], notes=notes
             )
             result.skipped_downgrades = skipped
+            saved_values: list[SavedValues] = []
             lost = (
                 {}
                 if dry_run
-                else _save_values_the_downgrade_drops(settings, database, conn, store, plan, progress, notify)
+                else _save_values_the_downgrade_drops(
+                    settings, database, conn, store, plan, progress, notify, saved_values
+                )
             )
             journal = Journal(conn, settings.actor)
             if not dry_run:
@@ -149,9 +153,11 @@ def rollback(
                     else (context.version_table_schema, context.version_table)
                 )
 
-            runner.hooks = RollbackHooks(
+            hooks = RecordingRollbackHooks(
                 plan, store, journal, result.rollback_run_id, result, lost, notify, version_table
             )
+            hooks.saved_values = saved_values  # recorded in the rollback's transaction, for `upgrade`
+            runner.hooks = hooks
             try:
                 runner.run("downgrade", plan.target)
             except DryRunFinished:
@@ -288,9 +294,11 @@ def _save_values_the_downgrade_drops(
     plan: RollbackPlan,
     progress: ProgressReporter,
     notify: Notify,
+    records: list[SavedValues],
 ) -> dict[tuple[str, str], str]:
     """Snapshot tables holding values in columns a reverted revision added (its downgrade will drop
-    them): table -> snapshot id. Taken before the rollback's transaction, on their own."""
+    them): table -> snapshot id. Taken before the rollback's transaction, on their own. `records`
+    gets what was saved per revision whose downgrade drops the columns (for `upgrade` to put back)."""
     saved: dict[tuple[str, str], str] = {}
     for fingerprints in plan.fingerprints.values():
         for f in fingerprints:
@@ -312,11 +320,31 @@ def _save_values_the_downgrade_drops(
                 progress=progress,
             )
             saved[table] = manifest.id
+            records.extend(_saved_per_revision(plan, table, added, manifest.id))
             notify(
                 f"Values in {f.schema}.{f.table} ({', '.join(added)}) that the downgrade drops were saved "
                 f"to snapshot {manifest.id}"
             )
     return saved
+
+
+def _saved_per_revision(
+    plan: RollbackPlan, table: tuple[str, str], added: list[str], snapshot_id: str
+) -> list[SavedValues]:
+    """A column belongs to the newest reverted revision whose pre-image of the table lacks it: that
+    revision (or a later one without a snapshot of the table) added it, so its downgrade drops it."""
+    by_revision: dict[str, tuple[list[str], list[str]]] = {}
+    for column in added:
+        for revision in plan.revisions:  # newest first
+            fingerprints = plan.fingerprints.get(revision, [])
+            found = [f for f in fingerprints if (f.schema, f.table) == table and f.status == TAKEN]
+            if found and column not in {c.name for c in plan.table_manifest(found[0]).columns}:
+                by_revision.setdefault(revision, (found[0].key_columns, []))[1].append(column)
+                break
+    return [
+        SavedValues(snapshot_id, revision, table[0], table[1], columns, list(key))
+        for revision, (key, columns) in by_revision.items()
+    ]
 
 
 def _any_value(conn: psycopg.Connection, table: tuple[str, str], columns: list[str]) -> bool:

@@ -171,6 +171,32 @@ CATALOG_MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX runs_reverted_once ON dbrollback.runs (reverts_run_id)
         WHERE reverts_run_id IS NOT NULL;
     """,
+    # 6: values a rollback saved before its downgrade dropped their columns, per revision (the one
+    #    whose downgrade dropped them), so a later `upgrade` of that revision puts them back. A row
+    #    is inserted in the rollback's transaction and consumed (restored or skipped) in the
+    #    re-applied revision's transaction, so it is consumed at most once.
+    """
+    CREATE TABLE dbrollback.saved_values (
+        id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        snapshot_id        text NOT NULL REFERENCES dbrollback.snapshots (id),
+        rollback_run_id    bigint NOT NULL REFERENCES dbrollback.runs (id),
+        revision           text NOT NULL,
+        schema_name        text NOT NULL,
+        table_name         text NOT NULL,
+        columns            text[] NOT NULL CHECK (cardinality(columns) > 0),
+        key_columns        text[] NOT NULL CHECK (cardinality(key_columns) > 0),
+        created_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
+        outcome            text CHECK (outcome IN ('restored', 'skipped')),
+        restored_by_run_id bigint REFERENCES dbrollback.runs (id),
+        restored_at        timestamptz,
+        restored_rows      bigint,
+        missing_rows       bigint,
+        CONSTRAINT saved_values_consumed_once
+            CHECK ((outcome IS NULL) = (restored_by_run_id IS NULL)
+                   AND (outcome IS NULL) = (restored_at IS NULL))
+    );
+    CREATE INDEX saved_values_pending ON dbrollback.saved_values (revision) WHERE outcome IS NULL;
+    """,
 ]
 
 

@@ -33,6 +33,12 @@ def _render(state: AppState, result: api.MigrationResult) -> None:
         return
     for snap in result.snapshots:
         console.line(f"Snapshot {snap['id']} before {snap['revision']}: {', '.join(snap['tables'])}")
+    for back in result.restored_values:
+        console.line(
+            f"Saved values put back in {back['table']} ({', '.join(back['columns'])}): "
+            f"{back['rows']:,} row(s) from snapshot {back['from_snapshot']}"
+            + (f", {back['rows_deleted_since']:,} row(s) deleted since" if back["rows_deleted_since"] else "")
+        )
     console.line(
         f"{result.direction.capitalize()}d {heads(result.from_heads)} → {heads(result.to_heads)}: "
         f"{len(result.applied)} revision(s) applied, journaled as run {result.run_id}.",
@@ -64,24 +70,32 @@ _RELATIVE_OK = {"ignore_unknown_options": True}
     "--no-snapshot", is_flag=True, help="Take no snapshot at all (recorded in the journal and audit log)."
 )
 @click.option("--jobs", type=click.IntRange(1, 64), help="Parallel connections for snapshots [cores].")
+@click.option(
+    "--skip-saved-values",
+    is_flag=True,
+    help="Do not put back values a rollback saved before dropping their columns (they stay in their "
+    "snapshot; the saved record is marked skipped).",
+)
 @migration_options
 @global_options
 @pass_state
 def upgrade(state: AppState, revision: str, dry_run: bool, snapshot_policy: str | None, no_snapshot: bool,
-            jobs: int | None) -> None:  # fmt: skip
+            jobs: int | None, skip_saved_values: bool) -> None:  # fmt: skip
     """Apply revisions up to REVISION (default: heads), one transaction each.
 
     REVISION accepts everything Alembic does: ids, unique prefixes, head, heads,
     +N, branch@head, branch labels. Before each revision that destroys data, the tables it
     touches are snapshotted to the store (see `dbrollback plan`); an unwritable store
-    refuses the upgrade (exit 3) before anything changes.
+    refuses the upgrade (exit 3) before anything changes. Values a rollback saved before its
+    downgrade dropped their columns are put back when the revision is applied again.
     """
     from dbrollback import api  # imported when used: keeps every other command's start-up fast
 
     settings = state.settings(snapshot=snapshot_policy, jobs=jobs)
     with TerminalProgress(state.console) as progress:
         result = api.upgrade(settings, revision, dry_run=dry_run, snapshot=not no_snapshot,
-                             progress=progress, notify=state.console.notice)  # fmt: skip
+                             progress=progress, notify=state.console.notice,
+                             skip_saved_values=skip_saved_values)  # fmt: skip
     _render(state, result)
 
 
