@@ -23,12 +23,24 @@ from dbrollback.catalog import OBJECT_PREFIX, SCHEMA
 from dbrollback.catalog.fingerprints import TABLE_GONE, Fingerprint, _pinned_text_settings
 from dbrollback.errors import MigrationFailed, RefusedForSafety
 from dbrollback.rollback.report import MAX_CONFLICT_EXAMPLES, TableReport
-from dbrollback.rollback.sqlparts import Hasher, LiveColumn, count, key_json, keys_equal, live_columns, names
+from dbrollback.rollback.sqlparts import (
+    Hasher,
+    LiveColumn,
+    count,
+    key_json,
+    keys_equal,
+    live_columns,
+    local_settings,
+    names,
+)
 from dbrollback.snapshot.load import load_table_copy
 from dbrollback.snapshot.manifest import TableManifest
 from dbrollback.snapshot.store import SnapshotStore
 
 TEMP_PREFIX = f"{OBJECT_PREFIX}rb_"
+# For the merge's joins and sorts over whole tables (4MB, the default, splits a join of millions of
+# keys into dozens of batches); per sort or hash node of the rollback's own statements only.
+WORK_MEM = "64MB"
 GONE = f"{OBJECT_PREFIX}gone"
 
 
@@ -58,6 +70,7 @@ class TableMerge:
     added: list[str] = field(default_factory=list)  # columns the migration added (not in the pre-image)
     deleted_since: int = 0
     inserted_since: int = 0
+    deleted_by_migration: int = 0  # pre-image rows not in the fingerprint
     # filled by merge
     columns_after_rollback: dict[str, LiveColumn] = field(default_factory=dict)
     restored_columns: list[str] = field(default_factory=list)  # dropped + transformed, put back per key
@@ -133,24 +146,32 @@ def prepare(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> None:
                 sql.Identifier("f", f.hashed_columns[column]), sql.Identifier(_fp_hash(i))
             )
         )
-    with _pinned_text_settings(conn):
-        conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} AS f LEFT JOIN {} AS t ON {}"
-            ).format(m.temp("since"), sql.SQL(", ").join(selected), m.fp, m.live, keys_equal(m.key, "f", "t"))
-        )
-    conn.execute(
-        sql.SQL(
-            "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} AS t "
-            "WHERE NOT EXISTS (SELECT FROM {} AS f WHERE {})"
-        ).format(m.temp("new"), names(m.key, "t"), m.live, m.fp, keys_equal(m.key, "f", "t"))
-    )
-    # Temporary tables are never analyzed by autovacuum: give the planner real numbers for the joins.
-    conn.execute(sql.SQL("ANALYZE {}, {}").format(m.temp("since"), m.temp("new")))
-    m.deleted_since = count(
-        conn, sql.SQL("SELECT count(*) FROM {} WHERE {}").format(m.temp("since"), sql.Identifier(GONE))
-    )
-    m.inserted_since = count(conn, sql.SQL("SELECT count(*) FROM {}").format(m.temp("new")))
+    with _pinned_text_settings(conn), local_settings(conn, {"work_mem": WORK_MEM}):
+        if m.hashed:
+            conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} AS f LEFT JOIN {} AS t ON {}"
+                ).format(
+                    m.temp("since"), sql.SQL(", ").join(selected), m.fp, m.live, keys_equal(m.key, "f", "t")
+                )
+            )
+            # Temporary tables are never analyzed by autovacuum: give the planner real numbers.
+            conn.execute(sql.SQL("ANALYZE {}").format(m.temp("since")))
+            counts = sql.SQL(
+                "SELECT (SELECT count(*) FROM {}), count(*), count(*) FILTER (WHERE {}) FROM {}"
+            ).format(m.live, sql.Identifier(GONE), m.temp("since"))
+        else:
+            # Nothing hashed (the revision only dropped columns): no per-row flags to keep, only
+            # how many fingerprinted rows were deleted since.
+            counts = sql.SQL(
+                "SELECT (SELECT count(*) FROM {}), (SELECT count(*) FROM {}), "
+                "(SELECT count(*) FROM {} AS f WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {}))"
+            ).format(m.live, m.fp, m.fp, m.live, keys_equal(m.key, "f", "t"))
+        row = conn.execute(counts).fetchone()
+    assert row is not None
+    live_rows, fingerprinted, m.deleted_since = (int(v) for v in row)
+    # Keys are unique on both sides: every live row not matched by a fingerprinted one is new.
+    m.inserted_since = live_rows - (fingerprinted - m.deleted_since)
     before = {c.name for c in m.tm.columns}
     m.added = [c for c in columns if c not in before and not columns[c].generated]
     if m.added:
@@ -190,6 +211,13 @@ def _stage(conn: psycopg.Connection, store: SnapshotStore, m: TableMerge) -> Non
     conn.execute(sql.SQL("ANALYZE {}").format(m.temp("pre")))
 
 
+# The UPDATE walks the live table in key order (merge join), so each page is written once: a hash
+# join bigger than work_mem runs in batches, each dirtying pages all over the table again (and
+# writing them whole into the WAL again after every checkpoint). In benchmarks/rollback_merge.py
+# (5M rows) a plain UPDATE … FROM took 206 s planned that way, about 25 s by merge join.
+_MERGE_SETTINGS = {"enable_hashjoin": "off", "work_mem": WORK_MEM}
+
+
 def merge(conn: psycopg.Connection, hasher: Hasher, store: SnapshotStore, m: TableMerge) -> None:
     """After the revision's downgrade: put back what the migration destroyed, keep later writes."""
     f = m.fingerprint
@@ -210,6 +238,17 @@ def merge(conn: psycopg.Connection, hasher: Hasher, store: SnapshotStore, m: Tab
     if m.gone:  # recreated by the downgrade: every row comes from the snapshot
         m.report.reinserted_rows = max(conn.execute(insert).rowcount, 0)
         return
+    with _pinned_text_settings(conn), local_settings(conn, _MERGE_SETTINGS):
+        _merge_rows(conn, hasher, m, after, insert)
+
+
+def _merge_rows(
+    conn: psycopg.Connection,
+    hasher: Hasher,
+    m: TableMerge,
+    after: dict[str, LiveColumn],
+    insert: sql.Composable,
+) -> None:
     key, pre_types = m.key, m.pre_types
     m.transformed = [c for c in m.hashed if c in m.insertable and c not in key]
     dropped = [
@@ -218,9 +257,22 @@ def merge(conn: psycopg.Connection, hasher: Hasher, store: SnapshotStore, m: Tab
         if c not in m.columns_after_migration and c not in key and after[c].identity != "a"
     ]
     m.restored_columns = dropped + m.transformed
-    with _pinned_text_settings(conn):
-        _record_conflicts(conn, hasher, m)
-        m.report.kept_rows = count(
+    # Rows the migration deleted (in the pre-image, not in the fingerprint), found once: the
+    # conflicts, the re-insert and their verification then join only these few keys.
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} AS p "
+            "WHERE NOT EXISTS (SELECT FROM {} AS f WHERE {})"
+        ).format(m.temp("deleted"), names(m.key, "p"), m.temp("pre"), m.fp, keys_equal(m.key, "f", "p"))
+    )
+    conn.execute(sql.SQL("ANALYZE {}").format(m.temp("deleted")))
+    # Most migrations delete no rows: then the joins for re-inserts and taken keys are skipped.
+    m.deleted_by_migration = count(conn, sql.SQL("SELECT count(*) FROM {}").format(m.temp("deleted")))
+    _record_conflicts(conn, hasher, m)
+    m.report.kept_rows = (
+        0
+        if not m.transformed
+        else count(
             conn,
             sql.SQL("SELECT count(*) FROM {} AS s JOIN {} AS p ON {} WHERE NOT s.{} AND ({})").format(
                 m.temp("since"),
@@ -230,26 +282,28 @@ def merge(conn: psycopg.Connection, hasher: Hasher, store: SnapshotStore, m: Tab
                 m.changed_any("s"),
             ),
         )
-        if m.restored_columns:
-            sets: list[sql.Composable] = [
-                sql.SQL("{} = p.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in dropped
-            ]
-            wanted: list[sql.Composable] = [
-                hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type)) for c in dropped
-            ]
-            for i, c in enumerate(m.hashed):
-                if c not in m.transformed:
-                    continue
-                sets.append(
-                    sql.SQL("{} = CASE WHEN s.{} THEN t.{} ELSE p.{} END").format(
-                        sql.Identifier(c), sql.Identifier(_flag(i)), sql.Identifier(c), sql.Identifier(c)
-                    )
+    )
+    if m.restored_columns:
+        sets: list[sql.Composable] = [
+            sql.SQL("{} = p.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in dropped
+        ]
+        wanted: list[sql.Composable] = [
+            hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type)) for c in dropped
+        ]
+        for i, c in enumerate(m.hashed):
+            if c not in m.transformed:
+                continue
+            sets.append(
+                sql.SQL("{} = CASE WHEN s.{} THEN t.{} ELSE p.{} END").format(
+                    sql.Identifier(c), sql.Identifier(_flag(i)), sql.Identifier(c), sql.Identifier(c)
                 )
-                wanted.append(
-                    sql.SQL("(NOT s.{} AND {})").format(
-                        sql.Identifier(_flag(i)), hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type))
-                    )
+            )
+            wanted.append(
+                sql.SQL("(NOT s.{} AND {})").format(
+                    sql.Identifier(_flag(i)), hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type))
                 )
+            )
+        if m.transformed:
             update = sql.SQL(
                 "UPDATE {} AS t SET {} FROM {} AS p JOIN {} AS s ON {} WHERE {} AND NOT s.{} AND ({})"
             ).format(
@@ -262,7 +316,22 @@ def merge(conn: psycopg.Connection, hasher: Hasher, store: SnapshotStore, m: Tab
                 sql.Identifier(GONE),
                 sql.SQL(" OR ").join(wanted),
             )
-            m.report.restored_rows = max(conn.execute(update).rowcount, 0)
+        else:
+            # Only dropped columns: no per-row flags needed, any live row with a pre-image key the
+            # migration did not delete is that row (a deleted key taken since is a conflict).
+            update = sql.SQL(
+                "UPDATE {} AS t SET {} FROM {} AS p WHERE {} AND NOT EXISTS (SELECT FROM {} AS d WHERE {}) "
+                "AND ({})"
+            ).format(
+                m.live,
+                sql.SQL(", ").join(sets),
+                m.temp("pre"),
+                keys_equal(key, "t", "p"),
+                m.temp("deleted"),
+                keys_equal(key, "d", "p"),
+                sql.SQL(" OR ").join(wanted),
+            )
+        m.report.restored_rows = max(conn.execute(update).rowcount, 0)
     # Rows the migration deleted: back, unless the key was taken since (a conflict, recorded above).
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
@@ -270,19 +339,20 @@ def merge(conn: psycopg.Connection, hasher: Hasher, store: SnapshotStore, m: Tab
         )
     )
     reinsert = sql.SQL(
-        "WITH ins AS ({} WHERE NOT EXISTS (SELECT FROM {} AS f WHERE {}) "
+        "WITH ins AS ({} WHERE EXISTS (SELECT FROM {} AS d WHERE {}) "
         "AND NOT EXISTS (SELECT FROM {} AS t WHERE {}) RETURNING {}) "
         "INSERT INTO {} SELECT * FROM ins"
     ).format(
         insert,
-        m.fp,
-        keys_equal(key, "f", "p"),
+        m.temp("deleted"),
+        keys_equal(key, "d", "p"),
         m.live,
         keys_equal(key, "t", "p"),
         names(key),
         m.temp("reinserted"),
     )
-    m.report.reinserted_rows = max(conn.execute(reinsert).rowcount, 0)
+    if m.deleted_by_migration:
+        m.report.reinserted_rows = max(conn.execute(reinsert).rowcount, 0)
     if m.added:
         dropped_since = [i for i, a in enumerate(m.added) if a not in after]
         if dropped_since:
@@ -335,20 +405,21 @@ def _record_conflicts(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -
                 hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type)),
             )
         )
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {} SELECT {}, NULL, to_jsonb(t)::text, to_jsonb(p)::text "
-            "FROM {} AS p JOIN {} AS t ON {} WHERE NOT EXISTS (SELECT FROM {} AS f WHERE {})"
-        ).format(
-            table,
-            key_json(key, "p"),
-            m.temp("pre"),
-            m.live,
-            keys_equal(key, "t", "p"),
-            m.fp,
-            keys_equal(key, "f", "p"),
+    if m.deleted_by_migration:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} SELECT {}, NULL, to_jsonb(t)::text, to_jsonb(p)::text "
+                "FROM {} AS d JOIN {} AS p ON {} JOIN {} AS t ON {}"
+            ).format(
+                table,
+                key_json(key, "p"),
+                m.temp("deleted"),
+                m.temp("pre"),
+                keys_equal(key, "d", "p"),
+                m.live,
+                keys_equal(key, "t", "p"),
+            )
         )
-    )
     m.report.conflicts = count(conn, sql.SQL("SELECT count(DISTINCT key) FROM {}").format(table))
     rows = conn.execute(
         sql.SQL(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -99,3 +100,19 @@ class Hasher:
 def count(conn: psycopg.Connection, query: sql.Composed) -> int:
     row = conn.execute(query).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
+
+
+@contextmanager
+def local_settings(conn: psycopg.Connection, settings: dict[str, str]) -> Iterator[None]:
+    """`settings` for the statements in the block only (the rollback's one transaction also runs
+    the user's downgrades, which should see the session's own values). Restored on success only:
+    an error aborts the transaction, which undoes them anyway."""
+    before = {
+        name: str(conn.execute("SELECT pg_catalog.current_setting(%s)", (name,)).fetchone()[0])  # type: ignore[index]
+        for name in settings
+    }
+    for name, value in settings.items():
+        conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
+    yield
+    for name, value in before.items():
+        conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
