@@ -650,7 +650,7 @@ def test_on_a_terminal_the_prompt_shows_the_dry_run_first(
     assert runs[1]["rollback"]["possible"] is False and "rolled back by run" in runs[1]["rollback"]["reason"]
 
 
-def test_split_column_comes_back_and_the_split_values_are_saved(project, cli, db, database_url, tmp_path):
+def _split_people(project: Project) -> None:
     project.add_revision(
         "r1",
         None,
@@ -674,20 +674,67 @@ def test_split_column_comes_back_and_the_split_values_are_saved(project, cli, db
         op.drop_column("people", "first")
     """,
     )
+
+
+def test_split_column_comes_back_and_the_split_values_are_saved(project, cli, db, database_url, tmp_path):
+    _split_people(project)
     store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
     db.execute("INSERT INTO people SELECT g, 'Ann  Lee' || g FROM generate_series(1, 10) g")  # two spaces
     _upgrade(cli, database_url, store)
+    db.execute("UPDATE people SET first = 'Bea', last = 'Cole' WHERE id = 1")
+    db.execute("UPDATE people SET last = NULL WHERE id = 2")
+    db.execute("UPDATE people SET first = first WHERE id = 3")  # written, but to the value it held
     db.execute("INSERT INTO people (id, first, last) VALUES (11, 'New', 'Person')")
+    db.execute("INSERT INTO people (id) VALUES (12)")  # new, but nothing in the columns the downgrade drops
+    # lost: only what the app wrote into first/last since (rows 1, 2, 11), not the migration's split
+    dry = _rollback(cli, database_url, store, "--dry-run")
+    assert (
+        _table(dry, "public.people")["lost_writes"],
+        _table(dry, "public.people")["lost_values_saved_to"],
+    ) == (
+        3,
+        None,
+    )
     doc = _rollback(cli, database_url, store)
     table = _table(doc, "public.people")
     assert table["restored_rows"] == 10 and table["verified"] and doc["verified"]
-    assert table["lost_writes"] == 11 and table["lost_values_saved_to"]
+    assert table["lost_writes"] == 3 and table["lost_values_saved_to"]
     # the exact original text (the split lost the double space), and the new row as the downgrade made it
-    assert _rows(db, "SELECT name FROM people WHERE id IN (1, 11) ORDER BY id") == [
-        ("Ann  Lee1",),
-        ("New Person",),
+    assert _rows(db, "SELECT id, name FROM people WHERE id IN (1, 11, 12) ORDER BY id") == [
+        (1, "Ann  Lee1"),
+        (11, "New Person"),
+        (12, None),
     ]
+    # every value the downgrade dropped was saved, not only the ones counted: rolled forward, all are
+    # back (the re-applied split itself already gives rows 3 … 12 their values: 2 rows needed them)
+    again = _upgrade(cli, database_url, store)
+    assert [(r["table"], r["columns"], r["rows"]) for r in again["restored_values"]] == [
+        ("public.people", ["first", "last"], 2)
+    ]
+    assert _rows(db, "SELECT id, first, last FROM people WHERE id IN (1, 2, 3, 11, 12) ORDER BY id") == [
+        (1, "Bea", "Cole"),
+        (2, "Ann", None),
+        (3, "Ann", ""),
+        (11, "New", "Person"),
+        (12, None, None),
+    ]
+
+
+def test_a_rollback_fingerprinted_without_added_column_hashes_counts_every_value(
+    project, cli, db, database_url, tmp_path
+):
+    """Runs fingerprinted before catalog version 7 have no hashes of the columns the migration
+    added: every value in them counts as a lost write (an upper bound), as it did then."""
+    _split_people(project)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO people SELECT g, 'Ann Lee' || g FROM generate_series(1, 10) g")
+    _upgrade(cli, database_url, store)
+    db.execute("UPDATE dbrollback.fingerprints SET added_columns = '{}'")
+    db.execute("UPDATE people SET first = 'Bea' WHERE id = 1")
+    table = _table(_rollback(cli, database_url, store), "public.people")
+    assert (table["lost_writes"], table["verified"]) == (10, True) and table["lost_values_saved_to"]
 
 
 def test_identity_key_json_and_timestamps_reinserted_and_sequence_moved(

@@ -249,6 +249,63 @@ def test_odd_identifiers(project, cli, db, database_url, tmp_path):
     assert recorded is not None and recorded.tables == [(ODD_SCHEMA, ODD_TABLE)]
 
 
+def test_columns_the_revision_added_are_hashed_apart(project, cli, db, database_url, tmp_path):
+    """Added columns get hashes of their own (added_columns), generated ones none; a rollback whose
+    downgrade drops them counts only the values written since, here through odd identifiers."""
+    added, generated = 'Fïrst "n"; x', "Len gth"
+    project.add_revision("r1", None, f"""
+        op.execute(sa.schema.CreateSchema({ODD_SCHEMA!r}))
+        op.create_table({ODD_TABLE!r}, sa.Column("id", sa.Integer, primary_key=True),
+                        sa.Column({ODD_TEXT!r}, sa.Text), schema={ODD_SCHEMA!r})
+    """)  # fmt: skip
+    split = (
+        sql.SQL("UPDATE {} SET {} = split_part({}, ' ', 1)")
+        .format(sql.Identifier(ODD_SCHEMA, ODD_TABLE), sql.Identifier(added), sql.Identifier(ODD_TEXT))
+        .as_string(db)
+    )
+    project.add_revision("r2", "r1", f"""
+        op.add_column({ODD_TABLE!r}, sa.Column({added!r}, sa.Text), schema={ODD_SCHEMA!r})
+        op.add_column({ODD_TABLE!r}, sa.Column({generated!r}, sa.Integer, sa.Computed("id * 2")),
+                      schema={ODD_SCHEMA!r})
+        op.execute(sa.text({split!r}))
+        op.drop_column({ODD_TABLE!r}, {ODD_TEXT!r}, schema={ODD_SCHEMA!r})
+    """, f"""
+        op.add_column({ODD_TABLE!r}, sa.Column({ODD_TEXT!r}, sa.Text), schema={ODD_SCHEMA!r})
+        op.drop_column({ODD_TABLE!r}, {generated!r}, schema={ODD_SCHEMA!r})
+        op.drop_column({ODD_TABLE!r}, {added!r}, schema={ODD_SCHEMA!r})
+    """)  # fmt: skip
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    table = sql.Identifier(ODD_SCHEMA, ODD_TABLE)
+    db.execute(
+        sql.SQL("INSERT INTO {} SELECT g, 'a' || g || ' b' FROM generate_series(1, 30) g").format(table)
+    )
+    doc = _upgrade(cli, database_url, store)
+    fingerprint = _one_fingerprint(db, doc["run_id"])
+    assert (fingerprint.status, fingerprint.hashed_columns, fingerprint.added_columns) == (
+        "taken",
+        {},
+        {added: "h_1"},
+    )
+    assert fingerprint.column_types == {added: "text"}
+    mismatches = db.execute(
+        sql.SQL(
+            "SELECT count(*) FROM {} AS l JOIN {} AS f USING (id) "
+            "WHERE f.h_1 IS DISTINCT FROM hash_record_extended(ROW(l.{}), 0)"
+        ).format(table, _fp(fingerprint), sql.Identifier(added))
+    ).fetchone()
+    assert mismatches == (0,)
+    db.execute(
+        sql.SQL("UPDATE {} SET {} = 'changed' WHERE id IN (1, 2)").format(table, sql.Identifier(added))
+    )
+    db.execute(sql.SQL("INSERT INTO {} (id, {}) VALUES (31, 'new')").format(table, sql.Identifier(added)))
+    result = cli("rollback", "--json", "--yes", *_args(database_url, store))
+    assert result.code == 0, result.err + result.out
+    (report,) = result.json["tables"]
+    assert (report["lost_writes"], report["restored_rows"], report["verified"]) == (3, 30, True)
+    assert report["lost_values_saved_to"]
+
+
 def test_table_without_a_key_is_recorded_not_fingerprinted(project, cli, db, database_url, tmp_path):
     project.add_revision("r1", None, """
         op.create_table("loose", sa.Column("a", sa.Integer), sa.Column("b", sa.Text))

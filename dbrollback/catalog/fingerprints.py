@@ -4,14 +4,16 @@ A rollback merges three versions of a table: the snapshot (pre-image), the finge
 (post-image) and the live table. The fingerprint tells it which rows existed right after the
 revision (rows deleted since stay deleted, rows inserted since are kept) and, per row, a 64-bit
 hash of each column the revision changed that still exists (a value equal to it now was not
-written since, so the pre-image value may go back).
+written since, so the pre-image value may go back) and of each column the revision added (a
+downgrade that drops it discards only the values written since, not the ones the revision wrote).
 
 It is taken inside the revision's own transaction, after its migration code and before COMMIT,
 while the SHARE lock taken before the snapshot is still held: no write can land between the
 revision and its fingerprint. Each fingerprint is a plain table ``dbrollback._dbrb_fp_<snapshot
 id>_<n>`` made by ``CREATE TABLE … AS SELECT`` on the server (no index, nothing read by the
 client), holding the key columns under their own names and one ``bigint`` per hashed column;
-``dbrollback.fingerprints`` records which column each hash belongs to.
+``dbrollback.fingerprints`` records which column each hash belongs to (``hashed_columns`` for
+columns that existed before the revision, ``added_columns`` for those it added).
 
 Hashes are ``hash_record_extended(ROW(column), 0)`` (the text form for types without an extended
 hash function, with the text-output settings pinned) exactly as :mod:`dbrollback.snapshot.checksum`
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -50,7 +52,7 @@ SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid 
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
 """
 _COLUMNS_SQL = """
-SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)
+SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attgenerated <> ''
 FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
@@ -95,13 +97,16 @@ class Fingerprint:
     status: str
     fp_table: str | None  # in the dbrollback schema
     key_columns: list[str]
-    hashed_columns: dict[str, str]  # column -> hash column in fp_table
-    column_types: dict[str, str]  # column -> format_type() right after the revision
+    hashed_columns: dict[str, str]  # column that existed before the revision -> hash column in fp_table
+    column_types: dict[str, str]  # hashed or added column -> format_type() right after the revision
     algorithm: str
     row_count: int | None
     bytes: int | None
     created_at: datetime
     note: str | None
+    # Column the revision added -> hash column in fp_table; empty for fingerprints taken before
+    # catalog version 7 (a rollback then counts every value in such columns as written since).
+    added_columns: dict[str, str] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
@@ -119,6 +124,7 @@ class Fingerprint:
             "fp_table": self.fp_table,
             "key_columns": self.key_columns,
             "hashed_columns": self.hashed_columns,
+            "added_columns": self.added_columns,
             "column_types": self.column_types,
             "algorithm": self.algorithm,
             "row_count": self.row_count,
@@ -147,7 +153,9 @@ def take_fingerprint(conn: psycopg.Connection, run_id: int, revision: str, targe
                        note="the table no longer exists after the revision (dropped or renamed); "
                             "all its rows come from the snapshot")  # fmt: skip
     oid = int(found[0])
-    after = {str(name): str(type_) for name, type_ in conn.execute(_COLUMNS_SQL, (oid,)).fetchall()}
+    rows = conn.execute(_COLUMNS_SQL, (oid,)).fetchall()
+    after = {str(name): str(type_) for name, type_, _ in rows}
+    generated = {str(name) for name, _, is_generated in rows if is_generated}
     key_row = conn.execute(_ROW_KEY_SQL, (oid,)).fetchone()
     key = [str(k) for k in key_row[0]] if key_row else []
     if not key:
@@ -162,10 +170,14 @@ def take_fingerprint(conn: psycopg.Connection, run_id: int, revision: str, targe
                             "rows of the snapshot cannot be matched to it")  # fmt: skip
     before = set(target.columns_before)
     hashed = [c for c in after if c in before and c not in target.unaffected and c not in key]
-    hash_names = dict(zip(hashed, _hash_column_names(key, len(hashed)), strict=True))
+    # Generated columns hold nothing anyone wrote; key columns all existed before (checked above).
+    added = [c for c in after if c not in before and c not in generated]
+    all_names = _hash_column_names(key, len(hashed) + len(added))
+    hash_names = dict(zip(hashed, all_names[: len(hashed)], strict=True))
+    added_names = dict(zip(added, all_names[len(hashed) :], strict=True))
     fp_table = fingerprint_table_name(target.snapshot_id, number)
     selected: list[sql.Composable] = [sql.Identifier("t", k) for k in key]
-    for column, hash_name in hash_names.items():
+    for column, hash_name in (hash_names | added_names).items():
         expression = row_hash_expression(conn, target.schema, target.table, "t", [column])
         selected.append(sql.SQL("{} AS {}").format(expression, sql.Identifier(hash_name)))
     create = sql.SQL("CREATE TABLE {} AS SELECT {} FROM {} AS t").format(
@@ -181,7 +193,7 @@ def take_fingerprint(conn: psycopg.Connection, run_id: int, revision: str, targe
         (sql.Identifier(SCHEMA, fp_table).as_string(conn),),
     ).fetchone()
     return _record(conn, run_id, revision, target, TAKEN, fp_table=fp_table, key=key, hashed=hash_names,
-                   types={c: after[c] for c in hashed}, row_count=row_count,
+                   added=added_names, types={c: after[c] for c in hashed + added}, row_count=row_count,
                    size=int(size[0]) if size else None)  # fmt: skip
 
 
@@ -212,19 +224,20 @@ def _pinned_text_settings(conn: psycopg.Connection) -> Iterator[None]:
 
 def _record(conn: psycopg.Connection, run_id: int, revision: str, target: FingerprintTarget, status: str, *,
             fp_table: str | None = None, key: list[str] | None = None, hashed: dict[str, str] | None = None,
-            types: dict[str, str] | None = None, row_count: int | None = None, size: int | None = None,
-            note: str | None = None) -> Fingerprint:  # fmt: skip
+            added: dict[str, str] | None = None, types: dict[str, str] | None = None,
+            row_count: int | None = None, size: int | None = None, note: str | None = None
+            ) -> Fingerprint:  # fmt: skip
     # Results in binary: their text form would follow the revision's DateStyle, which psycopg
     # cannot parse in every style.
     with conn.cursor(row_factory=dict_row, binary=True) as cur:
         cur.execute(
             f"""INSERT INTO dbrollback.fingerprints
                    (run_id, revision, snapshot_id, schema_name, table_name, status, fp_table, key_columns,
-                    hashed_columns, column_types, algorithm, row_count, bytes, note)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    hashed_columns, column_types, algorithm, row_count, bytes, note, added_columns)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                RETURNING {_COLUMNS}""",
             (run_id, revision, target.snapshot_id, target.schema, target.table, status, fp_table, key or [],
-             Jsonb(hashed or {}), Jsonb(types or {}), ALGORITHM, row_count, size, note),
+             Jsonb(hashed or {}), Jsonb(types or {}), ALGORITHM, row_count, size, note, Jsonb(added or {})),
         )  # fmt: skip
         row = cur.fetchone()
     assert row is not None
@@ -232,7 +245,7 @@ def _record(conn: psycopg.Connection, run_id: int, revision: str, target: Finger
 
 
 _COLUMNS = """id, run_id, revision, snapshot_id, schema_name, table_name, status, fp_table, key_columns,
-              hashed_columns, column_types, algorithm, row_count, bytes, created_at, note"""
+              hashed_columns, column_types, algorithm, row_count, bytes, created_at, note, added_columns"""
 
 
 def _fingerprint(row: dict[str, Any]) -> Fingerprint:
@@ -253,6 +266,7 @@ def _fingerprint(row: dict[str, Any]) -> Fingerprint:
         bytes=row["bytes"],
         created_at=row["created_at"],
         note=row["note"],
+        added_columns=dict(row["added_columns"]),
     )
 
 

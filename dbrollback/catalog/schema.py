@@ -197,6 +197,12 @@ CATALOG_MIGRATIONS: list[str] = [
     );
     CREATE INDEX saved_values_pending ON dbrollback.saved_values (revision) WHERE outcome IS NULL;
     """,
+    # 7: fingerprints also hash the columns a revision added (column -> hash column in fp_table), so
+    #    a rollback whose downgrade drops them counts as lost only the values written since; rows
+    #    fingerprinted before have '{}' here, and a rollback counts every value in them (upper bound).
+    """
+    ALTER TABLE dbrollback.fingerprints ADD COLUMN added_columns jsonb NOT NULL DEFAULT '{}';
+    """,
 ]
 
 

@@ -6,7 +6,8 @@ Runs on the rollback's single transaction, around each revision's downgrade:
   the rollback commits, so nothing lands between what we compare and what we write), then record
   in temp tables which fingerprinted rows were deleted since the migration, which hashed columns
   were written since (their hash now differs from the fingerprint's), which rows were inserted
-  since, and which rows hold values in columns the migration added (the downgrade may drop them).
+  since, and which rows hold values written since in columns the migration added (the downgrade
+  may drop them: `lost_writes`; the values the migration itself wrote there are not counted).
 * :func:`merge`, after the downgrade: stage the snapshot (COPY into a temp table) and per key put
   back what the migration destroyed (see docs/rollback.md for the rules).
 """
@@ -68,6 +69,7 @@ class TableMerge:
     columns_after_migration: dict[str, LiveColumn] = field(default_factory=dict)
     hashed: list[str] = field(default_factory=list)  # i-th entry has flag _dbrb_c{i}, hash _dbrb_f{i}
     added: list[str] = field(default_factory=list)  # columns the migration added (not in the pre-image)
+    # i-th entry of `added` has flag _dbrb_a{i} in temp("added"): its value was written since
     deleted_since: int = 0
     inserted_since: int = 0
     deleted_by_migration: int = 0  # pre-image rows not in the fingerprint
@@ -175,21 +177,45 @@ def prepare(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> None:
     before = {c.name for c in m.tm.columns}
     m.added = [c for c in columns if c not in before and not columns[c].generated]
     if m.added:
-        flags = [
-            sql.SQL("{} IS NOT NULL AS {}").format(sql.Identifier("t", a), sql.Identifier(_added_flag(i)))
-            for i, a in enumerate(m.added)
-        ]
-        conn.execute(
-            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {}, {} FROM {} AS t WHERE {}").format(
-                m.temp("added"),
-                names(m.key, "t"),
-                sql.SQL(", ").join(flags),
-                m.live,
-                sql.SQL(" OR ").join(
-                    sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", a)) for a in m.added
-                ),
-            )
+        with _pinned_text_settings(conn), local_settings(conn, {"work_mem": WORK_MEM}):
+            _record_added_written_since(conn, hasher, m)
+
+
+def _record_added_written_since(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> None:
+    """temp("added"): the rows holding a value written since the migration in a column it added."""
+    f = m.fingerprint
+    written = [_added_written_since(hasher, m, column) for column in m.added]
+    flags = [sql.SQL("{} AS {}").format(w, sql.Identifier(_added_flag(i))) for i, w in enumerate(written)]
+    source: sql.Composable = sql.SQL("{} AS t").format(m.live)
+    if any(column in f.added_columns for column in m.added):
+        source = sql.SQL("{} AS t LEFT JOIN {} AS f ON {}").format(m.live, m.fp, keys_equal(m.key, "t", "f"))
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {}, {} FROM {} WHERE {}").format(
+            m.temp("added"),
+            names(m.key, "t"),
+            sql.SQL(", ").join(flags),
+            source,
+            sql.SQL(" OR ").join(written),
         )
+    )
+
+
+def _added_written_since(hasher: Hasher, m: TableMerge, column: str) -> sql.Composable:
+    """The live row's value in `column` (added by the migration) was written since: it differs from
+    the fingerprint's hash, or the row is new since and holds a value."""
+    f = m.fingerprint
+    hash_column = f.added_columns.get(column)
+    now = m.columns_after_migration[column]
+    if hash_column is None or now.type != f.column_types.get(column):
+        # Not hashed (fingerprinted before catalog version 7, or added after the run) or retyped
+        # since: the migration's own values cannot be told apart, so every value counts (upper bound).
+        return sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", column))
+    return sql.SQL("(CASE WHEN {} IS NULL THEN {} IS NOT NULL ELSE {} IS DISTINCT FROM {} END)").format(
+        sql.Identifier("f", m.key[0]),  # key columns are NOT NULL: NULL here means no fingerprinted row
+        sql.Identifier("t", column),
+        hasher.value("t", column, now.type),
+        sql.Identifier("f", hash_column),
+    )
 
 
 def _stage(conn: psycopg.Connection, store: SnapshotStore, m: TableMerge) -> None:
