@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from .conftest import Project
+from .test_rollback import _args, _rollback, _rows, _split_people, _upgrade, _version
 
 ODD_SCHEMA = 'Sch "é"; x'
 ODD_TABLE = 'Ödd "tab"; le'
@@ -19,30 +20,6 @@ ODD_COL = 'No te "q"; ü'
 # r2 drops a column (lossy: snapshot + fingerprint) and adds `note`, which its downgrade drops.
 NOTE_UP = 'op.drop_column("accounts", "legacy")\nop.add_column("accounts", sa.Column("note", sa.Text))'
 NOTE_DOWN = 'op.drop_column("accounts", "note")\nop.add_column("accounts", sa.Column("legacy", sa.Text))'
-
-
-def _args(database_url: str, store: Path) -> list[str]:
-    return ["--database-url", database_url, "--store", str(store)]
-
-
-def _rows(db: psycopg.Connection, query: str, params: tuple = ()) -> list[tuple]:
-    return db.execute(query, params).fetchall()
-
-
-def _version(db: psycopg.Connection) -> list[tuple]:
-    return _rows(db, "SELECT version_num FROM alembic_version")
-
-
-def _upgrade(cli, database_url: str, store: Path, *extra: str) -> dict:
-    result = cli("upgrade", "--json", *extra, *_args(database_url, store))
-    assert result.code == 0, result.err
-    return result.json
-
-
-def _rollback(cli, database_url: str, store: Path) -> dict:
-    result = cli("rollback", "--json", "--yes", *_args(database_url, store))
-    assert result.code == 0, result.err + result.out
-    return result.json
 
 
 def _records(db: psycopg.Connection) -> list[tuple]:
@@ -236,27 +213,7 @@ def test_odd_identifiers(project, cli, db, database_url, tmp_path):
 def test_split_columns_get_the_saved_values_not_the_recomputation(project, cli, db, database_url, tmp_path):
     """The documented choice: saved values win over what the migration recomputes, on every row still
     there, including rows whose source column the app changed while rolled back."""
-    project.add_revision(
-        "r1",
-        None,
-        'op.create_table("people", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text))',
-    )
-    project.add_revision(
-        "r2",
-        "r1",
-        """
-        op.add_column("people", sa.Column("first", sa.Text))
-        op.add_column("people", sa.Column("last", sa.Text))
-        op.execute("UPDATE people SET first = split_part(name, ' ', 1), last = split_part(name, ' ', 2)")
-        op.drop_column("people", "name")
-    """,
-        """
-        op.add_column("people", sa.Column("name", sa.Text))
-        op.execute("UPDATE people SET name = first || ' ' || last")
-        op.drop_column("people", "last")
-        op.drop_column("people", "first")
-    """,
-    )
+    _split_people(project)
     store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
     db.execute("INSERT INTO people SELECT g, 'Ann Lee' || g FROM generate_series(1, 4) g")

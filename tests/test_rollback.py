@@ -796,9 +796,9 @@ def test_snapshot_outside_the_window_or_pruned_is_refused(project, cli, db, data
     assert _version(db) == [("r2",)] and rolled_back_runs(db) == {}
 
 
-def test_two_runs_rolled_back_in_order(project, cli, db, database_url, tmp_path):
+def _two_runs(project, cli, db, database_url: str, store) -> tuple[dict, dict, tuple[int, str]]:
+    """Two upgrade runs (r2, then r3+r4), each followed by an application write."""
     _two_lossy(project)
-    store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
     _fill(db, 30)
     before = _accounts_checksum(db)
@@ -806,13 +806,11 @@ def test_two_runs_rolled_back_in_order(project, cli, db, database_url, tmp_path)
     db.execute("UPDATE accounts SET email = 'between' WHERE id = 1")
     second = _upgrade(cli, database_url, store)
     db.execute("UPDATE accounts SET amount = 77 WHERE id = 2")
+    return first, second, before
 
-    newest = _rollback(cli, database_url, store)
-    assert (newest["run_id"], newest["reverted_revisions"]) == (second["run_id"], ["r4", "r3"])
-    assert newest["verified"] and _version(db) == [("r2",)]
-    older = _rollback(cli, database_url, store)
-    assert (older["run_id"], older["reverted_revisions"]) == (first["run_id"], ["r2"])
-    assert older["verified"] and _version(db) == [("r1",)]
+
+def _assert_both_runs_undone(db, before: tuple[int, str]) -> None:
+    """The pre-upgrade data is back except the two application writes, which were kept."""
     assert _rows(db, "SELECT email, amount::text, legacy FROM accounts WHERE id IN (1, 2) ORDER BY id") == [
         ("between", "1.25", "L1"),
         ("User2@X.org", "77.00", "L2"),
@@ -820,6 +818,19 @@ def test_two_runs_rolled_back_in_order(project, cli, db, database_url, tmp_path)
     db.execute("UPDATE accounts SET email = 'User1@X.org' WHERE id = 1")
     db.execute("UPDATE accounts SET amount = 2.25 WHERE id = 2")
     assert _accounts_checksum(db) == before
+
+
+def test_two_runs_rolled_back_in_order(project, cli, db, database_url, tmp_path):
+    store = tmp_path / "store"
+    first, second, before = _two_runs(project, cli, db, database_url, store)
+
+    newest = _rollback(cli, database_url, store)
+    assert (newest["run_id"], newest["reverted_revisions"]) == (second["run_id"], ["r4", "r3"])
+    assert newest["verified"] and _version(db) == [("r2",)]
+    older = _rollback(cli, database_url, store)
+    assert (older["run_id"], older["reverted_revisions"]) == (first["run_id"], ["r2"])
+    assert older["verified"] and _version(db) == [("r1",)]
+    _assert_both_runs_undone(db, before)
 
 
 def test_library_call_without_assume_yes_asks_confirm(project, cli, db, database_url, tmp_path):

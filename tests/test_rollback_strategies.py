@@ -8,7 +8,6 @@ import psycopg
 from dbrollback.catalog.journal import rolled_back_runs
 from dbrollback.snapshot.checksum import table_checksum
 
-from .conftest import Project
 from .test_rollback import (
     DROP_LEGACY,
     ODD_COL,
@@ -17,11 +16,13 @@ from .test_rollback import (
     _accounts,
     _accounts_checksum,
     _args,
+    _assert_both_runs_undone,
     _fill,
     _rollback,
     _rows,
     _table,
     _two_lossy,
+    _two_runs,
     _upgrade,
     _version,
 )
@@ -206,18 +207,6 @@ def test_restore_on_a_terminal_says_how_many_writes_are_discarded(
 # -- several runs: --steps, --to, --run ------------------------------------------------------------------
 
 
-def _two_runs(project: Project, cli, db, database_url: str, store) -> tuple[dict, dict, tuple[int, str]]:
-    _two_lossy(project)
-    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
-    _fill(db, 30)
-    before = _accounts_checksum(db)
-    first = _upgrade(cli, database_url, store, "r2")
-    db.execute("UPDATE accounts SET email = 'between' WHERE id = 1")
-    second = _upgrade(cli, database_url, store)
-    db.execute("UPDATE accounts SET amount = 77 WHERE id = 2")
-    return first, second, before
-
-
 def _both_reverted(
     db: psycopg.Connection, doc: dict, first: dict, second: dict, before: tuple[int, str]
 ) -> None:
@@ -225,13 +214,7 @@ def _both_reverted(
     assert doc["reverted_revisions"] == ["r4", "r3", "r2"] and doc["verified"] and doc["schema_matches"]
     assert _version(db) == [("r1",)]
     assert set(rolled_back_runs(db)) == {first["run_id"], second["run_id"]}
-    assert _rows(db, "SELECT email, amount::text, legacy FROM accounts WHERE id IN (1, 2) ORDER BY id") == [
-        ("between", "1.25", "L1"),
-        ("User2@X.org", "77.00", "L2"),
-    ]
-    db.execute("UPDATE accounts SET email = 'User1@X.org' WHERE id = 1")
-    db.execute("UPDATE accounts SET amount = 2.25 WHERE id = 2")
-    assert _accounts_checksum(db) == before
+    _assert_both_runs_undone(db, before)
 
 
 def test_two_runs_rolled_back_with_steps_in_one_transaction(project, cli, db, database_url, tmp_path):
