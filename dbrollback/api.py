@@ -188,7 +188,7 @@ class _JournalHooks:
         except psycopg.Error as exc:  # only a later rollback's schema comparison needs it
             self._schema_due = False
             self.notify(
-                f"Warning: the schema before run {self.run_id} could not be recorded: {_error_text(exc)}"
+                f"Warning: the schema before run {self.run_id} could not be recorded: {error_text(exc)}"
             )
 
     def before_step(self, step: PlannedStep, connection: Connection) -> None:
@@ -310,7 +310,7 @@ class _JournalHooks:
                     error: BaseException) -> None:  # fmt: skip
         assert self.run_id is not None
         self.journal.record_failed_step(
-            self.run_id, step.revision, step.phase, started_at, attempt, _error_text(error)
+            self.run_id, step.revision, step.phase, started_at, attempt, error_text(error)
         )
 
     def retrying(self, step: PlannedStep, attempt: int, delay: float) -> None:
@@ -319,13 +319,13 @@ class _JournalHooks:
         )
 
 
-def _error_text(error: BaseException) -> str:
+def error_text(error: BaseException) -> str:
     orig = getattr(error, "orig", None)
     text = str(orig if orig is not None else error).strip()
     return redact(text.splitlines()[0] if text else type(error).__name__)
 
 
-def _timeouts(settings: Settings) -> Timeouts:
+def timeouts_of(settings: Settings) -> Timeouts:
     return Timeouts(settings.lock_timeout, settings.statement_timeout, settings.lock_retries)
 
 
@@ -349,9 +349,9 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
     database = resolve_database(settings, notify)
     project = _project(settings, database)
     with connect(database) as conn:
-        runner = MigrationRunner(project, database.sqlalchemy_url, _timeouts(settings))
+        runner = MigrationRunner(project, database.sqlalchemy_url, timeouts_of(settings))
         # Resolve the target before touching anything, so bad input changes nothing.
-        heads = _guard_connection(database, runner.current_heads)
+        heads = guard_connection(database, runner.current_heads)
         planned = runner.plan(direction, target, heads)
         if dry_run:
             return MigrationResult(None, direction, target, list(heads), list(heads), [], [],
@@ -458,12 +458,12 @@ def _table_exists(conn: psycopg.Connection, table: QualifiedName) -> bool:
     return bool(row and row[0])
 
 
-def _guard_connection(database: Database, fn: Callable[[], Any]) -> Any:
+def guard_connection(database: Database, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except SAOperationalError as exc:
         raise ConnectionFailed(
-            f"Cannot connect to {database.display}: {_error_text(exc)}", url=database.display
+            f"Cannot connect to {database.display}: {error_text(exc)}", url=database.display
         ) from None
 
 
@@ -475,7 +475,7 @@ def _run_journaled(settings: Settings, conn: psycopg.Connection, runner: Migrati
         outcome = runner.run(direction, target)
     except StepFailed as failure:
         heads = _heads_or_none(runner)
-        error = _error_text(failure.error)
+        error = error_text(failure.error)
         journal.finish_run(hooks.run_id or 0, "failed", heads, failure.step.revision, error)
         audit.record(conn, direction, settings.actor, run_id=hooks.run_id,
                      details={"status": "failed", "failed_revision": failure.step.revision})  # fmt: skip
@@ -504,13 +504,13 @@ def _run_journaled(settings: Settings, conn: psycopg.Connection, runner: Migrati
     except BaseException as exc:
         if hooks.run_id is None and isinstance(exc, SAOperationalError):
             raise ConnectionFailed(f"Cannot run migrations on {database.display}: "
-                                   f"{_error_text(exc)}") from None  # fmt: skip
+                                   f"{error_text(exc)}") from None  # fmt: skip
         if hooks.run_id is not None:
             status = "failed" if isinstance(exc, Exception) else "interrupted"
-            journal.finish_run(hooks.run_id, status, _heads_or_none(runner), None, _error_text(exc))
+            journal.finish_run(hooks.run_id, status, _heads_or_none(runner), None, error_text(exc))
         if isinstance(exc, Exception):
             raise MigrationFailed(
-                f"The migration environment failed before completing: {_error_text(exc)}",
+                f"The migration environment failed before completing: {error_text(exc)}",
                 run_id=hooks.run_id,
             ) from exc
         raise
@@ -594,8 +594,8 @@ def status(settings: Settings, *, limit: int = 10, notify: Notify = _quiet) -> S
     project = _project(settings, database)
     with connect(database) as conn:
         mark_interrupted_runs(conn, lock_held_by_us=False)
-        runner = MigrationRunner(project, database.sqlalchemy_url, _timeouts(settings))
-        heads = _guard_connection(database, runner.current_heads)
+        runner = MigrationRunner(project, database.sqlalchemy_url, timeouts_of(settings))
+        heads = guard_connection(database, runner.current_heads)
         pending = runner.plan("upgrade", "heads", heads)
         runs = list_runs(conn, limit)
         interrupted = [r for r in runs if r.status == "interrupted"]

@@ -66,7 +66,7 @@ def rollback(
     changes and must return True, or the rollback is refused (exit 3); without one it is refused.
     Refusals (exit 3) change nothing; a failure rolls everything back (exit 4).
     """
-    from dbrollback.api import _error_text, _guard_connection, _timeouts
+    from dbrollback.api import error_text, guard_connection, timeouts_of
 
     started = time.monotonic()
     check_strategy(strategy)
@@ -92,9 +92,9 @@ def rollback(
             applied = [r for one in runs for r in one.applied_revisions]
             notes = _use_stored_sources(conn, project, applied, Path(tmp), notify)
             runner = MigrationRunner(
-                project, database.sqlalchemy_url, _timeouts(settings), single_transaction=True
+                project, database.sqlalchemy_url, timeouts_of(settings), single_transaction=True
             )
-            heads = _guard_connection(database, runner.current_heads)
+            heads = guard_connection(database, runner.current_heads)
             check_heads(run, heads)
             plan = gather(conn, settings, store, runs, strategy)
             skipped: list[SkippedDowngrade] = []
@@ -167,7 +167,7 @@ def rollback(
                 if isinstance(exc, StepFailed):
                     raise MigrationFailed(
                         f"The rollback of run {run.id} failed at the downgrade of {exc.step.revision} "
-                        f"and was rolled back; nothing was changed: {_error_text(exc.error)}",
+                        f"and was rolled back; nothing was changed: {error_text(exc.error)}",
                         run_id=run.id,
                         failed_revision=exc.step.revision,
                     ) from exc
@@ -175,7 +175,7 @@ def rollback(
                     raise
                 raise MigrationFailed(
                     f"The rollback of run {run.id} failed and was rolled back; nothing was "
-                    f"changed: {_error_text(exc)}",
+                    f"changed: {error_text(exc)}",
                     run_id=run.id,
                 ) from exc
             result.duration_s = round(time.monotonic() - started, 3)
@@ -208,13 +208,13 @@ def _journal_failure(
     exc: BaseException,
     runner: MigrationRunner,
 ) -> None:
-    from dbrollback.api import _error_text
+    from dbrollback.api import error_text
 
     if result.rollback_run_id is None:
         return
     status = "failed" if isinstance(exc, Exception) else "interrupted"
     failed = runner.current_step.revision if runner.current_step else None
-    message = exc.message if isinstance(exc, DbrollbackError) else _error_text(exc)
+    message = exc.message if isinstance(exc, DbrollbackError) else error_text(exc)
     journal.finish_run(result.rollback_run_id, status, list(_heads(runner)), failed, message)
     audit.record(
         conn,

@@ -185,7 +185,7 @@ def take_fingerprint(conn: psycopg.Connection, run_id: int, revision: str, targe
         sql.SQL(", ").join(selected),
         sql.Identifier(target.schema, target.table),
     )
-    with _pinned_text_settings(conn):
+    with pinned_text_settings(conn):
         cursor = conn.execute(create)
         row_count = cursor.rowcount
     size = conn.execute(
@@ -206,7 +206,7 @@ def _hash_column_names(key: list[str], count: int) -> list[str]:
 
 
 @contextmanager
-def _pinned_text_settings(conn: psycopg.Connection) -> Iterator[None]:
+def pinned_text_settings(conn: psycopg.Connection) -> Iterator[None]:
     """checksum's pinned output settings for the block only: SET LOCAL would otherwise last until
     the revision's COMMIT, which other on_version_apply hooks run before."""
     before: dict[str, str] = dict(conn.execute("SELECT name, setting FROM pg_catalog.pg_settings").fetchall())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dbrollback.cli.rollback_cmd import _render_result as render_rollback
+from dbrollback.cli.rollback_cmd import render_result as render_rollback
 from dbrollback.cli.state import AppState, global_options, pass_state
 from dbrollback.cli.status_cmd import render_runs, render_status
 

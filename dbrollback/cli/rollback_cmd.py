@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from dbrollback.rollback.report import RollbackResult
 
 
-def _render_result(console: Console, result: RollbackResult) -> None:
+def render_result(console: Console, result: RollbackResult) -> None:
     title = "Would roll back (dry run, nothing changed)" if result.dry_run else "Rolled back"
     runs = result.run_ids or [result.run_id]
     console.line(
@@ -149,7 +149,7 @@ def rollback(
                 notify=console.notice,
                 progress=progress,
             )
-        _render_result(console, preview)
+        render_result(console, preview)
         runs = preview.run_ids or [preview.run_id]
         question = f"Roll back run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))}"
         if strategy == "restore":
@@ -176,7 +176,7 @@ def rollback(
     if state.json:
         console.emit_json(result.to_dict())
     else:
-        _render_result(console, result)
+        render_result(console, result)
     return 0 if result.verified else EXIT_CHECK_FAILED
 
 

@@ -137,7 +137,7 @@ class RollbackHooks:
     def step_applied(
         self, connection: Connection, step: PlannedStep, started_at: datetime, attempt: int
     ) -> None:
-        from dbrollback.snapshot.restore import _advance_sequences
+        from dbrollback.snapshot.restore import advance_sequences
 
         conn = self._driver(connection)
         assert self._hasher is not None
@@ -147,7 +147,7 @@ class RollbackHooks:
             merge(conn, self._hasher, self.store, m)
             m.report.verified = verify_table(conn, self._hasher, m)
             if not self.result.dry_run:  # setval is not undone by a rollback: never in a dry run
-                _advance_sequences(conn, m.fingerprint.schema, m.fingerprint.table)
+                advance_sequences(conn, m.fingerprint.schema, m.fingerprint.table)
             self.result.tables.append(m.report)
             r = m.report
             self.notify(
@@ -190,11 +190,11 @@ class RollbackHooks:
     def step_failed(
         self, step: PlannedStep, started_at: datetime, attempt: int, error: BaseException
     ) -> None:
-        from dbrollback.api import _error_text
+        from dbrollback.api import error_text
 
         if self.rollback_run_id is not None:
             self.journal.record_failed_step(
-                self.rollback_run_id, step.revision, step.phase, started_at, attempt, _error_text(error)
+                self.rollback_run_id, step.revision, step.phase, started_at, attempt, error_text(error)
             )
 
     def retrying(self, step: PlannedStep, attempt: int, delay: float) -> None:  # single transaction: never

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from dbrollback.catalog import OBJECT_PREFIX, SCHEMA
-from dbrollback.catalog.fingerprints import TABLE_GONE, Fingerprint, _pinned_text_settings
+from dbrollback.catalog.fingerprints import TABLE_GONE, Fingerprint, pinned_text_settings
 from dbrollback.errors import MigrationFailed, RefusedForSafety
 from dbrollback.rollback.report import MAX_CONFLICT_EXAMPLES, TableReport
 from dbrollback.rollback.sqlparts import (
@@ -148,7 +148,7 @@ def prepare(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> None:
                 sql.Identifier("f", f.hashed_columns[column]), sql.Identifier(_fp_hash(i))
             )
         )
-    with _pinned_text_settings(conn), local_settings(conn, {"work_mem": WORK_MEM}):
+    with pinned_text_settings(conn), local_settings(conn, {"work_mem": WORK_MEM}):
         if m.hashed:
             conn.execute(
                 sql.SQL(
@@ -177,7 +177,7 @@ def prepare(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> None:
     before = {c.name for c in m.tm.columns}
     m.added = [c for c in columns if c not in before and not columns[c].generated]
     if m.added:
-        with _pinned_text_settings(conn), local_settings(conn, {"work_mem": WORK_MEM}):
+        with pinned_text_settings(conn), local_settings(conn, {"work_mem": WORK_MEM}):
             _record_added_written_since(conn, hasher, m)
 
 
@@ -264,7 +264,7 @@ def merge(conn: psycopg.Connection, hasher: Hasher, store: SnapshotStore, m: Tab
     if m.gone:  # recreated by the downgrade: every row comes from the snapshot
         m.report.reinserted_rows = max(conn.execute(insert).rowcount, 0)
         return
-    with _pinned_text_settings(conn), local_settings(conn, _MERGE_SETTINGS):
+    with pinned_text_settings(conn), local_settings(conn, _MERGE_SETTINGS):
         _merge_rows(conn, hasher, m, after, insert)
 
 

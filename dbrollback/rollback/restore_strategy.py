@@ -32,7 +32,7 @@ from psycopg import sql
 
 from dbrollback.alembic_bridge.project import AlembicProject
 from dbrollback.catalog import OBJECT_PREFIX, SCHEMA
-from dbrollback.catalog.fingerprints import NO_KEY, TABLE_GONE, TAKEN, Fingerprint, _pinned_text_settings
+from dbrollback.catalog.fingerprints import NO_KEY, TABLE_GONE, TAKEN, Fingerprint, pinned_text_settings
 from dbrollback.database import Notify
 from dbrollback.errors import MigrationFailed, RefusedForSafety
 from dbrollback.rollback.report import SkippedDowngrade, TableReport
@@ -114,7 +114,7 @@ def prepare_restore(conn: psycopg.Connection, hasher: Hasher, store: SnapshotSto
         return
     conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(r.live))
     _stage(conn, store, r)
-    with _pinned_text_settings(conn):
+    with pinned_text_settings(conn):
         r.report.lost_writes = _lost_writes(conn, hasher, r, columns)
 
 
@@ -270,7 +270,7 @@ def restore_tables(
         return
     names = {r.name for r in restores}
     reattach: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
-    targets: list[snapshot_restore._Target] = []
+    targets: list[snapshot_restore.RestoreTarget] = []
     by_name: dict[tuple[str, str], TableRestore] = {}
     for r in restores:
         if r.name in by_name:
@@ -278,9 +278,9 @@ def restore_tables(
                 f"{r.report.table} is snapshotted twice by one revision", table=r.report.table
             )
         by_name[r.name] = r
-        found = snapshot_restore._relation(conn, *r.name)
+        found = snapshot_restore.relation_of(conn, *r.name)
         if found is not None:
-            differences = snapshot_restore._column_differences(conn, found[0], r.tm)
+            differences = snapshot_restore.column_differences(conn, found[0], r.tm)
             if differences:
                 reattach[r.name] = _drop_for_recreate(conn, r, differences)
                 notify(
@@ -291,13 +291,14 @@ def restore_tables(
             conn, store, r.manifest, [r.name], None, restored_with=names - {r.name}
         )
         (p,) = plan.tables
-        targets.append(snapshot_restore._Target(r.fingerprint.snapshot_id, plan, p, r.tm))
+        targets.append(snapshot_restore.RestoreTarget(r.fingerprint.snapshot_id, plan, p, r.tm))
     # A role subject to row-level security would see (and restore) only some rows.
     conn.execute("SET LOCAL row_security = off")
     for t in targets:
         if t.p.action == "create":
             reattach.setdefault(t.name, []).extend(_recreate_serial_sequences(conn, t.tm, t.name))
-            snapshot_restore._create(conn, store, t, None)  # checks the whole table's checksum itself
+            # create_from_snapshot checks the whole table's checksum itself
+            snapshot_restore.create_from_snapshot(conn, store, t, None)
             for schema, name, column in reattach.get(t.name, []):
                 conn.execute(
                     sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
@@ -315,9 +316,10 @@ def restore_tables(
                 _stage(conn, store, r)
             assert r.stage is not None
             staging[t.name] = r.stage
-        ordered = snapshot_restore._parents_first(conn, replaces)
+        ordered = snapshot_restore.parents_first(conn, replaces)
         with conn.transaction():
-            counts = snapshot_restore._swap(conn, ordered, staging, {t.name for t in targets}, False)
+            restored = {t.name for t in targets}
+            counts = snapshot_restore.swap_in_staged_rows(conn, ordered, staging, restored, False)
         for t in replaces:
             _, updated, inserted, _ = counts[t.name]
             report = by_name[t.name].report
@@ -327,7 +329,7 @@ def restore_tables(
         got = table_checksum(conn, *t.name, columns=[c.name for c in t.tm.columns])
         report.verified = got == (t.tm.row_count, t.tm.checksum)
         if not dry_run:  # setval is not undone by a rollback: never in a dry run
-            snapshot_restore._advance_sequences(conn, *t.name)
+            snapshot_restore.advance_sequences(conn, *t.name)
 
 
 # -- downgrades that are missing, empty or raise --------------------------------------------------------

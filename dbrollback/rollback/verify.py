@@ -15,7 +15,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from dbrollback.catalog.fingerprints import _pinned_text_settings
+from dbrollback.catalog.fingerprints import pinned_text_settings
 from dbrollback.rollback.merge import GONE, WORK_MEM, TableMerge
 from dbrollback.rollback.sqlparts import Hasher, count, keys_equal, local_settings
 
@@ -78,7 +78,7 @@ def _rows_differing(
 
 
 def verify_table(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> bool:
-    with _pinned_text_settings(conn):
+    with pinned_text_settings(conn):
         if m.gone:
             return _same(conn, hasher, m, m.insertable, None)
         rows_now = count(conn, sql.SQL("SELECT count(*) FROM {}").format(m.live))

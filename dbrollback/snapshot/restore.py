@@ -277,7 +277,7 @@ class _LiveColumn:
     identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
 
 
-def _relation(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, str] | None:
+def relation_of(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, str] | None:
     row = conn.execute(_RELATION_SQL, (schema, table)).fetchone()
     return None if row is None else (int(row[0]), str(row[1]))
 
@@ -308,7 +308,7 @@ def _same_type(conn: psycopg.Connection, live: _LiveColumn, snapshot_type: str) 
     return row is not None and row[0] == live.type_oid and row[1] == live.typmod
 
 
-def _column_differences(conn: psycopg.Connection, oid: int, tm: TableManifest) -> list[str]:
+def column_differences(conn: psycopg.Connection, oid: int, tm: TableManifest) -> list[str]:
     """Why the live table cannot take the snapshot's rows (empty: the columns match).
 
     Names, types and which columns are generated must match; column order does not matter
@@ -475,7 +475,7 @@ def plan_restore(
         for tm in selected:
             schema = into_schema if into_schema is not None else tm.schema_name
             table = tm.table_name
-            found = _relation(conn, schema, table)
+            found = relation_of(conn, schema, table)
             size = sum(f.bytes for f in tm.files)
             if into_schema is not None and found is not None:
                 raise RefusedForSafety(
@@ -517,7 +517,7 @@ def plan_restore(
                     schema=schema,
                     table=table,
                 )
-            differences = _column_differences(conn, oid, tm)
+            differences = column_differences(conn, oid, tm)
             if differences:
                 raise RefusedForSafety(
                     f"The columns of {_quote(conn, schema, table)} do not match snapshot {manifest.id}: "
@@ -654,7 +654,7 @@ class TableRestoreResult:
 
 
 @dataclass
-class _Target:
+class RestoreTarget:
     """One table of a restore_many, with the snapshot and plan it comes from."""
 
     snapshot_id: str
@@ -779,7 +779,7 @@ def restore_many(
     Note: moving a sequence forward (setval) cannot be rolled back by PostgreSQL; it is done last,
     after the checksums matched, and only ever moves forward.
     """
-    targets: list[_Target] = []
+    targets: list[RestoreTarget] = []
     for manifest, plan in items:
         if plan.snapshot_id != manifest.id:
             raise SnapshotError(f"The plan is for snapshot {plan.snapshot_id}, not {manifest.id}")
@@ -791,7 +791,7 @@ def restore_many(
                     f"Snapshot {manifest.id} does not hold {p.source_schema}.{p.source_table}",
                     id=manifest.id,
                 )
-            targets.append(_Target(manifest.id, plan, p, tm))
+            targets.append(RestoreTarget(manifest.id, plan, p, tm))
     names = [t.name for t in targets]
     twice = sorted({f"{s}.{n}" for s, n in names if names.count((s, n)) > 1})
     if twice:
@@ -847,7 +847,7 @@ def restore_many(
 def _restore(
     conn: psycopg.Connection,
     store: SnapshotStore,
-    targets: list[_Target],
+    targets: list[RestoreTarget],
     lock_timeout: str,
     retries: int,
     progress: Progress | None,
@@ -863,12 +863,12 @@ def _restore(
     conn.execute("SET LOCAL row_security = off")
     for t in targets:
         if t.p.action == "create":
-            results[t.name] = _create(conn, store, t, progress)
+            results[t.name] = create_from_snapshot(conn, store, t, progress)
     staging: dict[tuple[str, str], str] = {}
     for number, t in enumerate(replaces, start=1):
         staging[t.name] = _stage(conn, store, t, number, progress)
     if replaces:
-        ordered = _parents_first(conn, replaces)
+        ordered = parents_first(conn, replaces)
         restored = {t.name for t in targets}
         attempt = 0
         while True:
@@ -876,7 +876,7 @@ def _restore(
             try:
                 # A savepoint: a lock timeout undoes only the swap; staging data is kept.
                 with conn.transaction():
-                    counts = _swap(conn, ordered, staging, restored, allow_cascade)
+                    counts = swap_in_staged_rows(conn, ordered, staging, restored, allow_cascade)
                 break
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
                 if attempt > retries:
@@ -909,7 +909,7 @@ def _restore(
             )
         # Last, after every check passed: setval is not undone by a rollback.
         for t in replaces:
-            results[t.name].sequences_set = _advance_sequences(conn, t.p.schema, t.p.table)
+            results[t.name].sequences_set = advance_sequences(conn, t.p.schema, t.p.table)
     return [results[t.name] for t in targets]
 
 
@@ -940,7 +940,7 @@ def _columns(names: Iterable[str], alias: str | None = None) -> sql.Composed:
 def _load(
     conn: psycopg.Connection,
     store: SnapshotStore,
-    t: _Target,
+    t: RestoreTarget,
     schema: str,
     table: str,
     progress: Progress | None,
@@ -966,7 +966,7 @@ def _load(
 
 
 def _stage(
-    conn: psycopg.Connection, store: SnapshotStore, t: _Target, number: int, progress: Progress | None
+    conn: psycopg.Connection, store: SnapshotStore, t: RestoreTarget, number: int, progress: Progress | None
 ) -> str:
     """Load the snapshot of one table into a TEMP staging table; returns its name."""
     name = f"{STAGING_PREFIX}{number}"
@@ -988,11 +988,11 @@ def _stage(
     return name
 
 
-def _parents_first(conn: psycopg.Connection, targets: list[_Target]) -> list[_Target]:
+def parents_first(conn: psycopg.Connection, targets: list[RestoreTarget]) -> list[RestoreTarget]:
     """The tables ordered so that a table comes after the restored tables it references."""
-    oids: dict[int, _Target] = {}
+    oids: dict[int, RestoreTarget] = {}
     for t in targets:
-        found = _relation(conn, t.p.schema, t.p.table)
+        found = relation_of(conn, t.p.schema, t.p.table)
         if found is None:
             raise RestoreFailed(f"{_quote(conn, t.p.schema, t.p.table)} no longer exists", schema=t.p.schema)
         oids[found[0]] = t
@@ -1056,9 +1056,9 @@ def _cascades(
     return found
 
 
-def _swap(
+def swap_in_staged_rows(
     conn: psycopg.Connection,
-    ordered: list[_Target],
+    ordered: list[RestoreTarget],
     staging: dict[tuple[str, str], str],
     restored: set[tuple[str, str]],
     allow_cascade: bool,
@@ -1078,9 +1078,9 @@ def _swap(
     cascades: dict[tuple[str, str], list[Cascade]] = {}
     for t in ordered:
         p = t.p
-        found = _relation(conn, p.schema, p.table)
+        found = relation_of(conn, p.schema, p.table)
         differences = (
-            ["the table no longer exists"] if found is None else _column_differences(conn, found[0], t.tm)
+            ["the table no longer exists"] if found is None else column_differences(conn, found[0], t.tm)
         )
         if found is not None and not differences and _match_key(conn, found[0], t.tm)[0] != p.key:
             differences = [f"its key is no longer {p.key_source} ({', '.join(p.key) or 'none'})"]
@@ -1222,9 +1222,9 @@ def _insert(
     return max(conn.execute(query).rowcount, 0)
 
 
-def _advance_sequences(conn: psycopg.Connection, schema: str, table: str) -> list[SequenceSet]:
+def advance_sequences(conn: psycopg.Connection, schema: str, table: str) -> list[SequenceSet]:
     """Move each sequence owned by a column past the restored values; never backwards."""
-    found = _relation(conn, schema, table)
+    found = relation_of(conn, schema, table)
     assert found is not None
     done: list[SequenceSet] = []
     for seq_oid, seq_schema, seq_name, column, increment in conn.execute(
@@ -1260,8 +1260,8 @@ def _advance_sequences(conn: psycopg.Connection, schema: str, table: str) -> lis
     return done
 
 
-def _create(
-    conn: psycopg.Connection, store: SnapshotStore, t: _Target, progress: Progress | None
+def create_from_snapshot(
+    conn: psycopg.Connection, store: SnapshotStore, t: RestoreTarget, progress: Progress | None
 ) -> TableRestoreResult:
     """CREATE the table from the manifest, COPY the rows in, add the primary key, verify.
 
