@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 
 import psycopg
 
 from dbrollback.catalog.fingerprints import NO_KEY, TAKEN, Fingerprint, fingerprints_of_run
 from dbrollback.catalog.journal import RunRecord, list_runs, rolled_back_runs
+from dbrollback.durations import format_duration
 from dbrollback.errors import ConfigError, DbrollbackError, RefusedForSafety, SnapshotCorrupt, UnknownRevision
 from dbrollback.settings import Settings
 from dbrollback.snapshot.manifest import SnapshotManifest, TableManifest
@@ -298,32 +299,56 @@ def _fingerprint_table_exists(conn: psycopg.Connection, fingerprint: Fingerprint
     return bool(row and row[0])
 
 
-def _usable_snapshot(
+@dataclass(frozen=True)
+class SnapshotProblem:
+    """Why a snapshot cannot serve a rollback: ``short`` for status/history, ``refusal`` for rollback."""
+
+    short: str
+    refusal: str
+
+
+def _window(window: timedelta) -> str:
+    days = window / timedelta(days=1)
+    return f"{int(days)}-day" if days == int(days) and days >= 1 else format_duration(window)
+
+
+def snapshot_problem(
     conn: psycopg.Connection, settings: Settings, store: SnapshotStore, snapshot_id: str
-) -> SnapshotManifest:
+) -> SnapshotManifest | SnapshotProblem:
+    """The snapshot's manifest, or why it is pruned, unreadable or outside the rollback window
+    (the checks that do not read every byte; rollback also verifies the files' sha256)."""
     row = conn.execute("SELECT deleted_at FROM dbrollback.snapshots WHERE id = %s", (snapshot_id,)).fetchone()
     if row is not None and row[0] is not None:
-        raise RefusedForSafety(
+        return SnapshotProblem(
+            f"snapshot {snapshot_id} pruned on {row[0]:%Y-%m-%d}",
             f"Snapshot {snapshot_id} was pruned on {row[0]:%Y-%m-%d %H:%M %Z}; the "
             "rollback needs it. Nothing was changed.",
-            snapshot=snapshot_id,
         )
     try:
         manifest = store.load(snapshot_id)
     except DbrollbackError as exc:
-        raise RefusedForSafety(
+        return SnapshotProblem(
+            f"snapshot {snapshot_id} missing from the store ({store.location})",
             f"Snapshot {snapshot_id} cannot be read from {store.location}: {exc.message}. "
             "Nothing was changed.",
-            snapshot=snapshot_id,
-        ) from None
+        )
     deadline = manifest.created_at + settings.rollback_window
     if datetime.now(timezone.utc) > deadline:
-        raise RefusedForSafety(
+        return SnapshotProblem(
+            f"outside the {_window(settings.rollback_window)} rollback window (ended {deadline:%Y-%m-%d})",
             f"Snapshot {snapshot_id} was taken {manifest.created_at:%Y-%m-%d %H:%M %Z}, outside the "
             f"rollback window ({settings.rollback_window}); its data may no longer match what the app "
             "expects. Nothing was changed.",
-            snapshot=snapshot_id,
         )
+    return manifest
+
+
+def _usable_snapshot(
+    conn: psycopg.Connection, settings: Settings, store: SnapshotStore, snapshot_id: str
+) -> SnapshotManifest:
+    manifest = snapshot_problem(conn, settings, store, snapshot_id)
+    if isinstance(manifest, SnapshotProblem):
+        raise RefusedForSafety(manifest.refusal, snapshot=snapshot_id)
     problems = store.verify(snapshot_id)
     if problems:
         raise SnapshotCorrupt(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -24,9 +23,14 @@ from dbrollback.catalog.fingerprints import NO_KEY, TAKEN, Fingerprint, fingerpr
 from dbrollback.catalog.journal import RunRecord, rolled_back_runs
 from dbrollback.catalog.schema import catalog_exists, installed_version
 from dbrollback.database import connect, resolve_database
-from dbrollback.durations import format_duration
 from dbrollback.errors import DbrollbackError, RefusedForSafety
-from dbrollback.rollback.plan import FINGERPRINTS_SINCE, downgrade_target, unprotected_reason
+from dbrollback.rollback.plan import (
+    FINGERPRINTS_SINCE,
+    SnapshotProblem,
+    downgrade_target,
+    snapshot_problem,
+    unprotected_reason,
+)
 from dbrollback.settings import Settings
 from dbrollback.snapshot.manifest import SnapshotManifest
 from dbrollback.snapshot.store import SnapshotStore
@@ -138,26 +142,11 @@ class _Checker:
         return self._snapshots[snapshot_id]
 
     def _usable_snapshot(self, snapshot_id: str) -> Readiness | SnapshotManifest:
-        """plan.py's _usable_snapshot, in its order, minus the sha256 of every file."""
-        row = self.conn.execute(
-            "SELECT deleted_at FROM dbrollback.snapshots WHERE id = %s", (snapshot_id,)
-        ).fetchone()
-        if row is not None and row[0] is not None:
-            return _not(f"snapshot {snapshot_id} pruned on {row[0]:%Y-%m-%d}")
         store = self._open_store()
         if store is None:
             return _not(f"the snapshot store cannot be opened: {self._store_error}")
-        try:
-            manifest = store.load(snapshot_id)
-        except DbrollbackError:
-            return _not(f"snapshot {snapshot_id} missing from the store ({store.location})")
-        deadline = manifest.created_at + self.settings.rollback_window
-        if datetime.now(timezone.utc) > deadline:
-            return _not(
-                f"outside the {_window(self.settings.rollback_window)} rollback window "
-                f"(ended {deadline:%Y-%m-%d})"
-            )
-        return manifest
+        found = snapshot_problem(self.conn, self.settings, store, snapshot_id)
+        return _not(found.short) if isinstance(found, SnapshotProblem) else found
 
     def _open_store(self) -> SnapshotStore | None:
         if self._store is None and self._store_error is None:
@@ -172,8 +161,3 @@ class _Checker:
 
 def _name(fingerprint: Fingerprint) -> str:
     return f"{fingerprint.schema}.{fingerprint.table}"
-
-
-def _window(window: timedelta) -> str:
-    days = window / timedelta(days=1)
-    return f"{int(days)}-day" if days == int(days) and days >= 1 else format_duration(window)
