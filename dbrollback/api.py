@@ -362,6 +362,7 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
             marked = mark_interrupted_runs(conn, lock_held_by_us=True)
             if marked:
                 notify(f"Marked earlier run(s) {', '.join(map(str, marked))} as interrupted")
+            _refuse_pending_batched_rollback(conn)
             forward = _roll_forward(settings, conn, direction, planned, skip_saved_values, notify)
             duty = _snapshot_duty(settings, database, direction, target, planned, snapshot, progress, notify)
             journal = Journal(conn, settings.actor)
@@ -372,6 +373,16 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
             return _run_journaled(settings, conn, runner, hooks, direction, target, marked, database)
         finally:
             unlock(conn)
+
+
+def _refuse_pending_batched_rollback(conn: psycopg.Connection) -> None:
+    """A batched rollback whose batches did not all commit must be finished first: its work tables
+    belong to the schema its downgrades left."""
+    from dbrollback.rollback.fill import pending_fill_run, resume_hint
+
+    pending = pending_fill_run(conn)
+    if pending is not None:
+        raise RefusedForSafety(resume_hint(pending) + " Nothing was changed.", rollback_run_id=pending)
 
 
 def _roll_forward(settings: Settings, conn: psycopg.Connection, direction: str, planned: list[PlannedStep],

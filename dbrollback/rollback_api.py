@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -24,11 +25,12 @@ from dbrollback.catalog.lock import acquire, unlock
 from dbrollback.catalog.revision_sources import stored_revision_source
 from dbrollback.catalog.schema import catalog_exists, ensure_catalog
 from dbrollback.database import Database, Notify, connect, resolve_database
-from dbrollback.errors import DbrollbackError, MigrationFailed, RefusedForSafety
+from dbrollback.errors import ConfigError, DbrollbackError, MigrationFailed, RefusedForSafety
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.rollback.execute import DryRunFinished
+from dbrollback.rollback.fill import DEFAULT_BATCH_ROWS, Fill, pending_fill_run, resume_hint, run_fills
 from dbrollback.rollback.plan import RollbackPlan, check_heads, check_strategy, choose_runs, gather
-from dbrollback.rollback.report import RollbackResult, SkippedDowngrade
+from dbrollback.rollback.report import RollbackResult, SkippedDowngrade, TableReport
 from dbrollback.rollback.restore_strategy import downgrades_guarded
 from dbrollback.rollback.roll_forward import RecordingRollbackHooks, SavedValues
 from dbrollback.rollback.sqlparts import live_columns
@@ -55,6 +57,9 @@ def rollback(
     confirm: Confirm | None = None,
     notify: Notify = _quiet,
     progress: ProgressReporter = SILENT,
+    batched: bool = False,
+    batch_rows: int | None = None,
+    resume: bool = False,
 ) -> RollbackResult:
     """Undo upgrade run `run_id` (default: the most recent one not rolled back yet), or with `to` /
     `steps` several runs newest first (until the database is at revision `to`, or `steps` runs), all
@@ -65,11 +70,24 @@ def rollback(
     are missing, empty or raise. Unless `assume_yes`, `confirm` is shown the plan before anything
     changes and must return True, or the rollback is refused (exit 3); without one it is refused.
     Refusals (exit 3) change nothing; a failure rolls everything back (exit 4).
+
+    `batched` (merge only) puts the values of existing rows back after the transaction commits,
+    in transactions of `batch_rows` rows each (default 10,000; a resume goes on with the size the
+    rollback began with unless given; see dbrollback.rollback.fill); if those batches are
+    interrupted, everything else refuses until ``resume=True`` finishes them.
     """
     from dbrollback.api import error_text, guard_connection, timeouts_of
 
     started = time.monotonic()
     check_strategy(strategy)
+    if batched and strategy != "merge":
+        raise ConfigError("--batched applies to --strategy merge only")
+    if batch_rows is not None and batch_rows < 1:
+        raise ConfigError(f"--batch-rows must be at least 1, not {batch_rows}")
+    if resume and (run_id is not None or to is not None or steps is not None or dry_run):
+        raise ConfigError(
+            "--resume takes no --run, --to, --steps or --dry-run: it finishes the pending rollback"
+        )
     AlembicProject(settings.alembic_config)  # a missing alembic.ini fails before any connection
     database = resolve_database(settings, notify)
     project = AlembicProject(settings.alembic_config, database.sqlalchemy_url)
@@ -85,6 +103,17 @@ def rollback(
         acquire(conn, settings.lock_wait)
         try:
             mark_interrupted_runs(conn, lock_held_by_us=True)
+            pending = pending_fill_run(conn)
+            if resume:
+                if pending is None:
+                    raise RefusedForSafety(
+                        "No batched rollback is waiting to be resumed; nothing was changed"
+                    )
+                return _resume(
+                    settings, database, project, conn, pending, batch_rows, started, notify, progress
+                )
+            if pending is not None:
+                raise RefusedForSafety(resume_hint(pending), rollback_run_id=pending)
             runs = choose_runs(
                 conn, run_id, to=to, steps=steps, known_revision=lambda rev: _in_checkout(project, rev)
             )
@@ -97,6 +126,8 @@ def rollback(
             heads = guard_connection(database, runner.current_heads)
             check_heads(run, heads)
             plan = gather(conn, settings, store, runs, strategy)
+            if batched and not dry_run:
+                _refuse_batched_twice(plan)
             skipped: list[SkippedDowngrade] = []
             if strategy == "restore":
                 # Before Alembic builds its steps: a step takes the module's downgrade when made.
@@ -157,6 +188,12 @@ def rollback(
                 plan, store, journal, result.rollback_run_id, result, lost, notify, version_table
             )
             hooks.saved_values = saved_values  # recorded in the rollback's transaction, for `upgrade`
+            hooks.batched = batched
+            if batched and dry_run:
+                notify(
+                    "--dry-run computes the whole merge in its one transaction (no batches), "
+                    "then rolls it back"
+                )
             runner.hooks = hooks
             try:
                 runner.run("downgrade", plan.target)
@@ -178,6 +215,22 @@ def rollback(
                     f"changed: {error_text(exc)}",
                     run_id=run.id,
                 ) from exc
+            if hooks.deferred and result.rollback_run_id is not None:
+                notify(
+                    f"Rollback run {result.rollback_run_id} committed; putting values back in batches of "
+                    f"{batch_rows or DEFAULT_BATCH_ROWS:,} rows"
+                )
+                fills = _run_fills_journaled(
+                    settings,
+                    conn,
+                    journal,
+                    result.rollback_run_id,
+                    batch_rows or DEFAULT_BATCH_ROWS,
+                    notify,
+                    progress,
+                )
+                for fill in fills:
+                    fill.add_to(hooks.deferred[fill.position])
             result.duration_s = round(time.monotonic() - started, 3)
             if result.rollback_run_id is not None:
                 journal.finish_run(result.rollback_run_id, "succeeded", list(_heads(runner)))
@@ -191,6 +244,120 @@ def rollback(
             return result
         finally:
             unlock(conn)
+
+
+def _refuse_batched_twice(plan: RollbackPlan) -> None:
+    """Batches run after every downgrade: a table an older reverted revision also changed would be
+    merged before the newer revision's values are back (--batched needs one revision per table)."""
+    seen: dict[tuple[str, str], str] = {}
+    for revision in plan.revisions:
+        for f in plan.fingerprints.get(revision, []):
+            table = (f.schema, f.table)
+            if table in seen and seen[table] != revision:
+                raise RefusedForSafety(
+                    f"--batched: {f.schema}.{f.table} was changed by two of the reverted revisions "
+                    f"({seen[table]} and {revision}); roll them back one run at a time, or without "
+                    "--batched. Nothing was changed.",
+                    table=f"{f.schema}.{f.table}",
+                )
+            seen[table] = revision
+
+
+def _run_fills_journaled(
+    settings: Settings,
+    conn: psycopg.Connection,
+    journal: Journal,
+    rollback_run_id: int,
+    batch_rows: int | None,
+    notify: Notify,
+    progress: ProgressReporter,
+) -> list[Fill]:
+    """The batches of a committed batched rollback; a failure or interruption is journaled on its
+    run (which stays resumable) before it propagates."""
+    try:
+        return run_fills(
+            conn,
+            rollback_run_id,
+            batch_rows=batch_rows,
+            lock_timeout_ms=int(settings.lock_timeout.total_seconds() * 1000),
+            lock_retries=settings.lock_retries,
+            notify=notify,
+            progress=progress,
+        )
+    except BaseException as exc:
+        from dbrollback.api import error_text
+
+        status = "failed" if isinstance(exc, Exception) else "interrupted"
+        message = exc.message if isinstance(exc, DbrollbackError) else error_text(exc)
+        hint = " Its downgrades are committed; finish it with `dbrollback rollback --resume`."
+        with contextlib.suppress(psycopg.Error):
+            journal.finish_run(rollback_run_id, status, None, None, message + hint)
+            audit.record(
+                conn,
+                "rollback",
+                settings.actor,
+                run_id=rollback_run_id,
+                details={"status": status, "error": message, "resumable": True},
+            )
+        if isinstance(exc, DbrollbackError) or not isinstance(exc, Exception):
+            raise
+        raise MigrationFailed(f"The rollback's batches stopped: {error_text(exc)}.{hint}") from exc
+
+
+def _resume(
+    settings: Settings,
+    database: Database,
+    project: AlembicProject,
+    conn: psycopg.Connection,
+    rollback_run_id: int,
+    batch_rows: int | None,
+    started: float,
+    notify: Notify,
+    progress: ProgressReporter,
+) -> RollbackResult:
+    """Finish the batches of `rollback_run_id`; the report covers the whole rollback."""
+    from dbrollback.api import guard_connection, timeouts_of
+
+    journal = Journal(conn, settings.actor)
+    conn.execute(
+        "UPDATE dbrollback.runs SET status = 'running', finished_at = NULL, error = NULL WHERE id = %s",
+        (rollback_run_id,),
+    )
+    notify(f"Resuming the batches of rollback run {rollback_run_id}")
+    fills = _run_fills_journaled(settings, conn, journal, rollback_run_id, batch_rows, notify, progress)
+    result = _committed_result(fills[0].rollback_report, rollback_run_id)
+    for fill in fills:
+        (report,) = [t for t in result.tables if t.table == fill.name]  # one revision per table
+        fill.add_to(report)
+    result.duration_s = round(time.monotonic() - started, 3)
+    runner = MigrationRunner(project, database.sqlalchemy_url, timeouts_of(settings))
+    heads = guard_connection(database, runner.current_heads)
+    journal.finish_run(rollback_run_id, "succeeded", list(heads))
+    audit.record(
+        conn,
+        "rollback",
+        settings.actor,
+        run_id=rollback_run_id,
+        details={"status": "succeeded", "resumed": True, **result.to_dict()},
+    )
+    return result
+
+
+def _committed_result(doc: dict[str, Any], rollback_run_id: int) -> RollbackResult:
+    """The report a batched rollback's transaction committed, before its batches."""
+    result = RollbackResult(
+        int(doc["run_id"]),
+        list(doc["reverted_revisions"]),
+        str(doc["strategy"]),
+        False,
+        run_ids=[int(r) for r in doc["run_ids"]],
+        tables=[TableReport(**t) for t in doc["tables"]],
+        schema_matches=doc["schema_matches"],
+        schema_differences=list(doc["schema_differences"]),
+        rollback_run_id=rollback_run_id,
+        notes=[*doc.get("notes", []), f"resumed the batches of rollback run {rollback_run_id}"],
+    )
+    return result
 
 
 def _heads(runner: MigrationRunner) -> tuple[str, ...]:

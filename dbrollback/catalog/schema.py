@@ -203,6 +203,33 @@ CATALOG_MIGRATIONS: list[str] = [
     """
     ALTER TABLE dbrollback.fingerprints ADD COLUMN added_columns jsonb NOT NULL DEFAULT '{}';
     """,
+    # 8: `rollback --batched`: per table, the rows whose values are put back after the rollback's
+    #    transaction committed, in batches of their own (work_table holds key, pre-image values and
+    #    the hash each value had right after the downgrade); done_n is the resume point;
+    #    rollback_report is the rollback's report as its transaction committed (before the batches).
+    """
+    CREATE TABLE dbrollback.rollback_fills (
+        rollback_run_id bigint NOT NULL REFERENCES dbrollback.runs (id),
+        position        int NOT NULL,
+        table_schema    text NOT NULL,
+        table_name      text NOT NULL,
+        work_table      text NOT NULL,
+        key_columns     text[] NOT NULL,
+        columns         text[] NOT NULL,
+        column_types    text[] NOT NULL,
+        total_rows      bigint NOT NULL,
+        done_n          bigint NOT NULL DEFAULT 0,
+        restored_rows   bigint NOT NULL DEFAULT 0,
+        kept_rows       bigint NOT NULL DEFAULT 0,
+        conflict_examples jsonb NOT NULL DEFAULT '[]',
+        rollback_report jsonb NOT NULL DEFAULT '{}',
+        verified        boolean NOT NULL DEFAULT true,
+        batches         bigint NOT NULL DEFAULT 0,
+        batch_rows      int NOT NULL DEFAULT 10000,
+        finished_at     timestamptz,
+        PRIMARY KEY (rollback_run_id, position)
+    );
+    """,
 ]
 
 

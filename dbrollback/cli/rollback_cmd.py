@@ -104,6 +104,24 @@ def render_result(console: Console, result: RollbackResult) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Do everything in a transaction that is rolled back; report it."
 )
+@click.option(
+    "--batched",
+    is_flag=True,
+    help="For tables too large for one transaction: commit the downgrades first, then put the values "
+    "of existing rows back in short transactions of --batch-rows rows (merge only; resumable).",
+)
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Rows per batch with --batched [10000; --resume: as the rollback began].",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Finish a --batched rollback whose batches were interrupted (killed, lost connection, lock "
+    "timeout).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @migration_options
 @global_options
@@ -115,6 +133,9 @@ def rollback(
     steps: int | None,
     strategy: str,
     dry_run: bool,
+    batched: bool,
+    batch_rows: int | None,
+    resume: bool,
     yes: bool,
 ) -> int:
     """Undo an upgrade run: downgrade its revisions and merge back the data they destroyed.
@@ -124,6 +145,10 @@ def rollback(
     the tables back exactly to the snapshot, discarding later writes. Everything happens in one
     transaction (several runs too), then it is verified. Exit 1 if verification failed, 3 if
     refused (nothing changed), 4 if it failed (rolled back, nothing changed).
+
+    --batched commits the downgrades and everything else first, then puts values back in batches
+    (each its own transaction, verified as it commits); if they are interrupted, `rollback
+    --resume` finishes them (exit 4 until then says so).
     """
     settings = state.settings()
     console = state.console
@@ -134,7 +159,10 @@ def rollback(
     if to is not None and steps is not None:
         raise ConfigError("--to and --steps cannot be used together")
 
-    if not dry_run and not yes:
+    if batched and strategy != "merge":
+        raise ConfigError("--batched applies to --strategy merge only")
+
+    if not dry_run and not yes and not resume:
         if state.json or not sys.stdin.isatty():
             raise RefusedForSafety("rollback changes schema and data: pass --yes (no terminal to confirm on)")
         # The prompt shows what the rollback would do: the same rollback, run as a dry run first.
@@ -172,6 +200,9 @@ def rollback(
             dry_run=dry_run,
             notify=console.notice,
             progress=progress,
+            batched=batched,
+            batch_rows=batch_rows,
+            resume=resume,
         )
     if state.json:
         console.emit_json(result.to_dict())

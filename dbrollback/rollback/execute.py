@@ -23,6 +23,7 @@ from dbrollback.check.schema import capture_schema, diff_schemas
 from dbrollback.check.tables import VersionTable
 from dbrollback.database import Notify
 from dbrollback.errors import DbrollbackError, RefusedForSafety
+from dbrollback.rollback.fill import record_rollback_report
 from dbrollback.rollback.merge import TableMerge, merge, prepare
 from dbrollback.rollback.plan import RollbackPlan
 from dbrollback.rollback.report import RollbackResult, TableReport
@@ -62,6 +63,8 @@ class RollbackHooks:
         self._restores: dict[str, list[TableRestore]] = {}
         self._number = 0
         self._hasher: Hasher | None = None
+        self.batched = False  # --batched: values put back by fill.py after the transaction
+        self.deferred: dict[int, TableReport] = {}  # fill position -> the table's report
 
     def _driver(self, connection: Connection) -> psycopg.Connection:
         driver = connection.connection.driver_connection
@@ -98,6 +101,8 @@ class RollbackHooks:
                 fingerprint.snapshot_id,
                 report,
             )
+            if self.batched and not self.result.dry_run:
+                m.batched_run_id = self.rollback_run_id
             prepare(conn, self._hasher, m)
             merges.append(m)
         self._merges[step.revision] = merges
@@ -150,6 +155,9 @@ class RollbackHooks:
                 advance_sequences(conn, m.fingerprint.schema, m.fingerprint.table)
             self.result.tables.append(m.report)
             r = m.report
+            if m.deferred_rows is not None:
+                self.deferred[m.number] = r
+                self.notify(f"{r.table}: {m.deferred_rows:,} row(s) to put back in batches after the commit")
             self.notify(
                 f"{r.table} after the downgrade of {step.revision}: {r.restored_rows:,} restored, "
                 f"{r.reinserted_rows:,} re-inserted, {r.kept_rows:,} kept, {r.conflicts:,} conflict(s)"
@@ -181,6 +189,8 @@ class RollbackHooks:
             self.result.schema_matches = not differences
             self.result.schema_differences = [d.to_dict() for d in differences]
         if self.rollback_run_id is not None:
+            if self.deferred:
+                record_rollback_report(conn, self.rollback_run_id, self.result.to_dict())
             mark_reverted(conn, self.rollback_run_id, self.plan.run.id)
             for run in self.plan.runs[1:]:
                 _mark_also_reverted(conn, self.rollback_run_id, run.id)

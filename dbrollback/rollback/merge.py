@@ -23,6 +23,7 @@ from psycopg import sql
 from dbrollback.catalog import OBJECT_PREFIX, SCHEMA
 from dbrollback.catalog.fingerprints import TABLE_GONE, Fingerprint, pinned_text_settings
 from dbrollback.errors import MigrationFailed, RefusedForSafety
+from dbrollback.rollback.fill import defer
 from dbrollback.rollback.report import MAX_CONFLICT_EXAMPLES, TableReport
 from dbrollback.rollback.sqlparts import (
     Hasher,
@@ -78,6 +79,9 @@ class TableMerge:
     restored_columns: list[str] = field(default_factory=list)  # dropped + transformed, put back per key
     transformed: list[str] = field(default_factory=list)
     insertable: list[str] = field(default_factory=list)
+    # --batched: the rollback run whose batches put the values back after its transaction (fill.py)
+    batched_run_id: int | None = None
+    deferred_rows: int | None = None  # rows left to those batches (None: not deferred)
 
     @property
     def gone(self) -> bool:
@@ -275,7 +279,7 @@ def _merge_rows(
     after: dict[str, LiveColumn],
     insert: sql.Composable,
 ) -> None:
-    key, pre_types = m.key, m.pre_types
+    key = m.key
     m.transformed = [c for c in m.hashed if c in m.insertable and c not in key]
     dropped = [
         c
@@ -310,54 +314,26 @@ def _merge_rows(
         )
     )
     if m.restored_columns:
-        sets: list[sql.Composable] = [
-            sql.SQL("{} = p.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in dropped
-        ]
-        wanted: list[sql.Composable] = [
-            hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type)) for c in dropped
-        ]
-        for i, c in enumerate(m.hashed):
-            if c not in m.transformed:
-                continue
-            sets.append(
-                sql.SQL("{} = CASE WHEN s.{} THEN t.{} ELSE p.{} END").format(
-                    sql.Identifier(c), sql.Identifier(_flag(i)), sql.Identifier(c), sql.Identifier(c)
-                )
-            )
-            wanted.append(
-                sql.SQL("(NOT s.{} AND {})").format(
-                    sql.Identifier(_flag(i)), hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type))
-                )
-            )
-        if m.transformed:
-            update = sql.SQL(
-                "UPDATE {} AS t SET {} FROM {} AS p JOIN {} AS s ON {} WHERE {} AND NOT s.{} AND ({})"
-            ).format(
-                m.live,
-                sql.SQL(", ").join(sets),
-                m.temp("pre"),
-                m.temp("since"),
-                keys_equal(key, "p", "s"),
-                keys_equal(key, "t", "p"),
-                sql.Identifier(GONE),
-                sql.SQL(" OR ").join(wanted),
+        values, source, where = _restore_statement(hasher, m, dropped)
+        if m.batched_run_id is not None:
+            m.deferred_rows = defer(
+                conn,
+                hasher,
+                rollback_run_id=m.batched_run_id,
+                number=m.number,
+                schema=m.fingerprint.schema,
+                table=m.fingerprint.table,
+                key=key,
+                values=[(c, after[c].type, v) for c, v in values],
+                source=source,
+                where=where,
             )
         else:
-            # Only dropped columns: no per-row flags needed, any live row with a pre-image key the
-            # migration did not delete is that row (a deleted key taken since is a conflict).
-            update = sql.SQL(
-                "UPDATE {} AS t SET {} FROM {} AS p WHERE {} AND NOT EXISTS (SELECT FROM {} AS d WHERE {}) "
-                "AND ({})"
-            ).format(
-                m.live,
-                sql.SQL(", ").join(sets),
-                m.temp("pre"),
-                keys_equal(key, "t", "p"),
-                m.temp("deleted"),
-                keys_equal(key, "d", "p"),
-                sql.SQL(" OR ").join(wanted),
+            sets = [sql.SQL("{} = {}").format(sql.Identifier(c), v) for c, v in values]
+            update = sql.SQL("UPDATE {} AS t SET {} FROM {} WHERE {}").format(
+                m.live, sql.SQL(", ").join(sets), source, where
             )
-        m.report.restored_rows = max(conn.execute(update).rowcount, 0)
+            m.report.restored_rows = max(conn.execute(update).rowcount, 0)
     # Rows the migration deleted: back, unless the key was taken since (a conflict, recorded above).
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
@@ -389,6 +365,54 @@ def _merge_rows(
                     sql.SQL(" OR ").join(sql.Identifier(_added_flag(i)) for i in dropped_since),
                 ),
             )
+
+
+def _restore_statement(
+    hasher: Hasher, m: TableMerge, dropped: list[str]
+) -> tuple[list[tuple[str, sql.Composable]], sql.Composable, sql.Composable]:
+    """``UPDATE live AS t SET column = value, … FROM source WHERE where``, as its parts: the
+    columns put back (with their values), and the rows that get at least one value back."""
+    key, pre_types, after = m.key, m.pre_types, m.columns_after_rollback
+    values: list[tuple[str, sql.Composable]] = [
+        (c, sql.SQL("p.{}").format(sql.Identifier(c))) for c in dropped
+    ]
+    wanted: list[sql.Composable] = [
+        hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type)) for c in dropped
+    ]
+    for i, c in enumerate(m.hashed):
+        if c not in m.transformed:
+            continue
+        values.append(
+            (
+                c,
+                sql.SQL("CASE WHEN s.{} THEN t.{} ELSE p.{} END").format(
+                    sql.Identifier(_flag(i)), sql.Identifier(c), sql.Identifier(c)
+                ),
+            )
+        )
+        wanted.append(
+            sql.SQL("(NOT s.{} AND {})").format(
+                sql.Identifier(_flag(i)), hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type))
+            )
+        )
+    if m.transformed:
+        source = sql.SQL("{} AS p JOIN {} AS s ON {}").format(
+            m.temp("pre"), m.temp("since"), keys_equal(key, "p", "s")
+        )
+        where = sql.SQL("{} AND NOT s.{} AND ({})").format(
+            keys_equal(key, "t", "p"), sql.Identifier(GONE), sql.SQL(" OR ").join(wanted)
+        )
+    else:
+        # Only dropped columns: no per-row flags needed, any live row with a pre-image key the
+        # migration did not delete is that row (a deleted key taken since is a conflict).
+        source = sql.SQL("{} AS p").format(m.temp("pre"))
+        where = sql.SQL("{} AND NOT EXISTS (SELECT FROM {} AS d WHERE {}) AND ({})").format(
+            keys_equal(key, "t", "p"),
+            m.temp("deleted"),
+            keys_equal(key, "d", "p"),
+            sql.SQL(" OR ").join(wanted),
+        )
+    return values, source, where
 
 
 def _record_conflicts(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> None:

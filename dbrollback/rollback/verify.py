@@ -88,7 +88,9 @@ def verify_table(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> boo
         if rows_now != expected:
             return False
         key, pre, live = m.key, m.temp("pre"), m.live
-        restored = list(dict.fromkeys([*key, *m.restored_columns]))
+        # --batched: the values put back are checked per batch, in the batch's transaction (fill.py).
+        deferred = m.deferred_rows is not None
+        restored = list(dict.fromkeys([*key, *([] if deferred else m.restored_columns)]))
         # Merge joins along the live table's key, as the merge's UPDATE: faster here than hash
         # joins of millions of keys in batches.
         with local_settings(conn, {"enable_hashjoin": "off", "work_mem": WORK_MEM}):

@@ -1,0 +1,395 @@
+"""`rollback --batched`: put values back in short transactions of their own, resumable after kill -9.
+
+The rollback's transaction still does everything else (downgrades, re-inserts, conflicts, the
+journal's mark, verification of what it wrote). For the one statement that grows with the table,
+the UPDATE putting back the values of every row, it instead records per table a work table in the
+catalog schema (:func:`defer`): each row's key, the value the merge would write, and the 64-bit hash
+the live value had right after the downgrade. That commits with the rollback. Then
+:func:`run_fills` walks the work table in batches of `batch_rows`, each its own transaction:
+
+* a value is written only where the live value still hashes as it did right after the downgrade;
+  one the application wrote since (it runs between batches) is kept and reported as a conflict;
+* in the same transaction, with the batch's rows still locked by its UPDATE, every row of the
+  batch is checked: it holds the value put back, or one written since the downgrade. A row holding
+  neither fails the batch (rolled back) and the fill stops: `verified` is computed per batch;
+* the batch's progress (`done_n`, counts) commits with it, so a killed fill resumes after the last
+  committed batch (`dbrollback rollback --resume`) and no batch is applied twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dbrollback.catalog import SCHEMA
+from dbrollback.catalog.fingerprints import pinned_text_settings
+from dbrollback.database import Notify
+from dbrollback.errors import MigrationFailed
+from dbrollback.progress import SILENT, ProgressReporter
+from dbrollback.rollback.report import MAX_CONFLICT_EXAMPLES, TableReport
+from dbrollback.rollback.sqlparts import Hasher, key_json, keys_equal, names
+from dbrollback.snapshot.checksum import pin_text_settings
+
+ORDINAL = "_dbrb_n"
+DEFAULT_BATCH_ROWS = 10_000
+
+
+def _before(i: int) -> str:
+    """The work table's column with the hash of the i-th value right after the downgrade."""
+    return f"_dbrb_d{i}"
+
+
+@dataclass
+class Fill:
+    """One row of dbrollback.rollback_fills: one table's values still to put back."""
+
+    rollback_run_id: int
+    position: int
+    schema: str
+    table: str
+    work_table: str
+    key: list[str]
+    columns: list[str]
+    types: list[str]
+    total_rows: int
+    done_n: int = 0
+    restored_rows: int = 0
+    kept_rows: int = 0
+    conflict_examples: list[dict[str, Any]] = field(default_factory=list)
+    rollback_report: dict[str, Any] = field(default_factory=dict)
+    verified: bool = True
+    batches: int = 0
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    finished: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def live(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table)
+
+    @property
+    def work(self) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, self.work_table)
+
+    def add_to(self, report: TableReport) -> None:
+        """Add this fill's counts to the rollback transaction's report of the table."""
+        report.restored_rows += self.restored_rows
+        report.kept_rows += self.kept_rows
+        report.conflicts += self.kept_rows
+        report.conflict_examples = (report.conflict_examples + self.conflict_examples)[:MAX_CONFLICT_EXAMPLES]
+        report.verified = bool(report.verified and self.verified and self.finished)
+
+
+def work_table_name(rollback_run_id: int, number: int) -> str:
+    return f"_dbrb_fill_{rollback_run_id}_{number}"
+
+
+def defer(
+    conn: psycopg.Connection,
+    hasher: Hasher,
+    *,
+    rollback_run_id: int,
+    number: int,
+    schema: str,
+    table: str,
+    key: list[str],
+    values: list[tuple[str, str, sql.Composable]],
+    source: sql.Composable,
+    where: sql.Composable,
+) -> int:
+    """In the rollback's transaction, instead of ``UPDATE t SET column = value FROM source WHERE
+    where``: record those rows and values (`values`: column, live type, expression) for the
+    batches; returns how many rows they are."""
+    work = work_table_name(rollback_run_id, number)
+    selected: list[sql.Composable] = [
+        sql.SQL("row_number() OVER () AS {}").format(sql.Identifier(ORDINAL)),
+        names(key, "t"),
+    ]
+    for i, (column, type_name, value) in enumerate(values):
+        selected.append(sql.SQL("({})::{} AS {}").format(value, sql.SQL(type_name), sql.Identifier(column)))
+        selected.append(
+            sql.SQL("{} AS {}").format(hasher.value("t", column, type_name), sql.Identifier(_before(i)))
+        )
+    with pinned_text_settings(conn):
+        conn.execute(
+            sql.SQL("CREATE TABLE {} AS SELECT {} FROM {} AS t, {} WHERE {}").format(
+                sql.Identifier(SCHEMA, work),
+                sql.SQL(", ").join(selected),
+                sql.Identifier(schema, table),
+                source,
+                where,
+            )
+        )
+    conn.execute(
+        sql.SQL("CREATE INDEX ON {} ({})").format(sql.Identifier(SCHEMA, work), sql.Identifier(ORDINAL))
+    )
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, work)))
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SCHEMA, work))).fetchone()
+    total = int(row[0]) if row else 0
+    conn.execute(
+        """INSERT INTO dbrollback.rollback_fills (rollback_run_id, position, table_schema, table_name,
+               work_table, key_columns, columns, column_types, total_rows)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (
+            rollback_run_id,
+            number,
+            schema,
+            table,
+            work,
+            key,
+            [c for c, _, _ in values],
+            [t for _, t, _ in values],
+            total,
+        ),
+    )
+    return total
+
+
+def record_rollback_report(conn: psycopg.Connection, rollback_run_id: int, report: dict[str, Any]) -> None:
+    """The rollback's report as its transaction commits, for `--resume` to complete."""
+    conn.execute(
+        "UPDATE dbrollback.rollback_fills SET rollback_report = %s WHERE rollback_run_id = %s",
+        (json.dumps(report), rollback_run_id),
+    )
+
+
+def _fills_table_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('dbrollback.rollback_fills') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def fills_of(conn: psycopg.Connection, rollback_run_id: int) -> list[Fill]:
+    rows = conn.execute(
+        """SELECT rollback_run_id, position, table_schema, table_name, work_table, key_columns, columns,
+                  column_types, total_rows, done_n, restored_rows, kept_rows, conflict_examples,
+                  rollback_report, verified, batches, batch_rows, finished_at IS NOT NULL
+           FROM dbrollback.rollback_fills WHERE rollback_run_id = %s ORDER BY position""",
+        (rollback_run_id,),
+    ).fetchall()
+    return [Fill(*r) for r in rows]
+
+
+def pending_fill_run(conn: psycopg.Connection) -> int | None:
+    """The rollback run whose batches have not all committed yet (at most one: everything else
+    refuses to run until it is finished)."""
+    if not _fills_table_exists(conn):
+        return None
+    row = conn.execute(
+        "SELECT min(rollback_run_id) FROM dbrollback.rollback_fills WHERE finished_at IS NULL"
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def pending_progress(conn: psycopg.Connection) -> tuple[int, int, int] | None:
+    """(rollback run, rows done, rows in all) of the unfinished batched rollback, if any."""
+    run_id = pending_fill_run(conn)
+    if run_id is None:
+        return None
+    fills = fills_of(conn, run_id)
+    return run_id, sum(f.done_n for f in fills), sum(f.total_rows for f in fills)
+
+
+def resume_hint(run_id: int) -> str:
+    return (
+        f"Rollback run {run_id} has committed its downgrades but not yet put back every value (its batches "
+        "were interrupted). Finish it first: `dbrollback rollback --resume`."
+    )
+
+
+def run_fills(
+    conn: psycopg.Connection,
+    rollback_run_id: int,
+    *,
+    batch_rows: int | None = None,
+    lock_timeout_ms: int = 5000,
+    lock_retries: int = 3,
+    notify: Notify,
+    progress: ProgressReporter = SILENT,
+) -> list[Fill]:
+    """Run the batches of every unfinished table of `rollback_run_id` (autocommit `conn`, holding
+    the dbrollback lock); returns every fill of that rollback, finished ones included.
+    `batch_rows` None: the size the rollback started with (a resume goes on as it began)."""
+    fills = fills_of(conn, rollback_run_id)
+    if batch_rows is not None:
+        conn.execute(
+            "UPDATE dbrollback.rollback_fills SET batch_rows = %s WHERE rollback_run_id = %s",
+            (batch_rows, rollback_run_id),
+        )
+    hasher = Hasher(conn)
+    for f in fills:
+        if f.finished:
+            continue
+        if f.done_n:
+            notify(f"{f.name}: resuming after {f.done_n:,} of {f.total_rows:,} rows")
+        task = progress.task(f"putting back {f.name}", f.total_rows - f.done_n, unit="rows")
+        while f.done_n < f.total_rows:
+            low = f.done_n
+            _batch_with_retries(
+                conn,
+                hasher,
+                f,
+                min(low + (batch_rows or f.batch_rows), f.total_rows),
+                lock_timeout_ms,
+                lock_retries,
+                notify,
+            )
+            task.advance(f.done_n - low)
+        task.finish()
+        with conn.transaction():
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(f.work))
+            conn.execute(
+                "UPDATE dbrollback.rollback_fills SET finished_at = clock_timestamp() "
+                "WHERE rollback_run_id = %s AND position = %s",
+                (f.rollback_run_id, f.position),
+            )
+        f.finished = True
+        notify(
+            f"{f.name}: {f.restored_rows:,} row(s) put back in {f.batches:,} batch(es), "
+            f"{f.kept_rows:,} kept (written since the downgrade)"
+        )
+    return fills
+
+
+def _batch_with_retries(
+    conn: psycopg.Connection,
+    hasher: Hasher,
+    f: Fill,
+    high: int,
+    lock_timeout_ms: int,
+    lock_retries: int,
+    notify: Notify,
+) -> None:
+    for attempt in range(lock_retries + 1):
+        try:
+            _batch(conn, hasher, f, high, lock_timeout_ms)
+            return
+        except psycopg.errors.LockNotAvailable:
+            if attempt == lock_retries:
+                raise MigrationFailed(
+                    f"{f.name}: a batch could not lock its rows within the lock timeout "
+                    f"{lock_retries + 1} time(s); {f.done_n:,} of {f.total_rows:,} rows are done. "
+                    "Resume with `dbrollback rollback --resume`.",
+                    table=f.name,
+                ) from None
+            delay = min(2.0**attempt, 30.0)
+            notify(f"{f.name}: lock timeout, retrying the batch in {delay:g} s")
+            time.sleep(delay)
+
+
+def _batch(conn: psycopg.Connection, hasher: Hasher, f: Fill, high: int, lock_timeout_ms: int) -> None:
+    """Rows done_n < n <= high of the work table, in one transaction with its progress."""
+    low = f.done_n
+    within = sql.SQL("{} AND w.{} > {} AND w.{} <= {}").format(
+        keys_equal(f.key, "t", "w"),
+        sql.Identifier(ORDINAL),
+        sql.Literal(low),
+        sql.Identifier(ORDINAL),
+        sql.Literal(high),
+    )
+    unchanged = [  # the live value is still what the downgrade left: nobody wrote it since
+        sql.SQL("{} IS NOT DISTINCT FROM w.{}").format(hasher.value("t", c, t), sql.Identifier(_before(i)))
+        for i, (c, t) in enumerate(zip(f.columns, f.types, strict=True))
+    ]
+    sets = [
+        sql.SQL("{} = CASE WHEN {} THEN w.{} ELSE t.{} END").format(
+            sql.Identifier(c), unchanged[i], sql.Identifier(c), sql.Identifier(c)
+        )
+        for i, c in enumerate(f.columns)
+    ]
+    put_back = [
+        hasher.differs(c, ("t", t), ("w", t)) for c, t in zip(f.columns, f.types, strict=True)
+    ]  # true: not back
+    gained = [  # the column holds the value put back, and that is a change from the downgrade's
+        sql.SQL("(NOT {} AND {} IS DISTINCT FROM w.{})").format(
+            put_back[i], hasher.value("w", c, t), sql.Identifier(_before(i))
+        )
+        for i, (c, t) in enumerate(zip(f.columns, f.types, strict=True))
+    ]
+    wrong = [sql.SQL("({} AND {})").format(put_back[i], unchanged[i]) for i in range(len(f.columns))]
+    with conn.transaction():
+        pin_text_settings(conn)  # SET LOCAL: this transaction is the batch's own
+        conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
+        conn.execute(
+            sql.SQL("UPDATE {} AS t SET {} FROM {} AS w WHERE {}").format(
+                f.live, sql.SQL(", ").join(sets), f.work, within
+            )
+        )
+        # Verification, while the UPDATE still holds these rows: each holds the value put back or
+        # one written since the downgrade; never the downgrade's own value instead of the pre-image.
+        row = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}) "
+                "FROM {} AS w JOIN {} AS t ON {}"
+            ).format(
+                sql.SQL(" OR ").join(gained),
+                sql.SQL(" OR ").join(put_back),
+                sql.SQL(" OR ").join(wrong),
+                f.work,
+                f.live,
+                within,
+            )
+        ).fetchone()
+        assert row is not None
+        restored, kept, wrong_rows = (int(v) for v in row)
+        if wrong_rows:
+            raise MigrationFailed(
+                f"{f.name}: verification failed in the batch of rows {low + 1:,}-{high:,}: {wrong_rows:,} "
+                "row(s) hold neither the value put back nor a later write; the batch was rolled back "
+                f"({low:,} of {f.total_rows:,} rows are done)",
+                table=f.name,
+            )
+        examples: list[dict[str, Any]] = []
+        room = MAX_CONFLICT_EXAMPLES - len(f.conflict_examples)
+        if kept and room > 0:
+            examples = _examples(conn, hasher, f, within, put_back, room)
+        conn.execute(
+            """UPDATE dbrollback.rollback_fills SET done_n = %s, restored_rows = restored_rows + %s,
+                   kept_rows = kept_rows + %s, batches = batches + 1,
+                   conflict_examples = conflict_examples || %s::jsonb
+               WHERE rollback_run_id = %s AND position = %s""",
+            (high, restored, kept, json.dumps(examples), f.rollback_run_id, f.position),
+        )
+    f.done_n = high
+    f.restored_rows += restored
+    f.kept_rows += kept
+    f.batches += 1
+    f.conflict_examples.extend(examples)
+
+
+def _examples(
+    conn: psycopg.Connection,
+    hasher: Hasher,
+    f: Fill,
+    within: sql.Composable,
+    put_back: list[sql.Composable],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Up to `limit` values written since the downgrade that kept the pre-image out."""
+    found: list[dict[str, Any]] = []
+    for i, c in enumerate(f.columns):
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT {}, t.{}::text, w.{}::text FROM {} AS w JOIN {} AS t ON {} WHERE {} LIMIT {}"
+            ).format(
+                key_json(f.key, "t"),
+                sql.Identifier(c),
+                sql.Identifier(c),
+                f.work,
+                f.live,
+                within,
+                put_back[i],
+                sql.Literal(limit - len(found)),
+            )
+        ).fetchall()
+        found.extend({"key": k, "column": c, "current": cur, "preimage": pre} for k, cur, pre in rows)
+        if len(found) >= limit:
+            break
+    return found

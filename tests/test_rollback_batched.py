@@ -1,0 +1,269 @@
+"""`dbrollback rollback --batched`: the downgrades commit first, then values go back in batches of
+their own, verified per batch and resumable after kill -9 (issue #5, item 3)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+
+from .conftest import Project
+from .test_rollback import (
+    DROP_LEGACY,
+    _accounts,
+    _args,
+    _fill,
+    _rollback,
+    _rows,
+    _table,
+    _upgrade,
+    _version,
+    doc_run_id,
+)
+
+
+def _fills(db: psycopg.Connection) -> list[tuple]:
+    return _rows(
+        db,
+        "SELECT table_schema || '.' || table_name, total_rows, done_n, batches, finished_at IS NOT NULL, "
+        "to_regclass('dbrollback.' || quote_ident(work_table)) IS NOT NULL FROM dbrollback.rollback_fills "
+        "ORDER BY rollback_run_id, position",
+    )
+
+
+def test_dropped_column_comes_back_in_batches_with_the_same_report(project, cli, db, database_url, tmp_path):
+    _accounts(project, *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db)
+    _upgrade(cli, database_url, store)
+    db.execute("UPDATE accounts SET email = 'changed' || id, amount = 0 WHERE id <= 10")
+    db.execute("INSERT INTO accounts (id, email) SELECT g, 'new' || g FROM generate_series(101, 105) g")
+    db.execute("DELETE FROM accounts WHERE id BETWEEN 91 AND 95")
+
+    doc = _rollback(cli, database_url, store, "--batched", "--batch-rows", "7")
+    assert doc["verified"] and doc["schema_matches"]
+    assert _table(doc, "public.accounts") == {
+        "table": "public.accounts",
+        "restored_rows": 95,
+        "reinserted_rows": 0,
+        "kept_rows": 0,
+        "conflicts": 0,
+        "conflict_examples": [],
+        "lost_values_saved_to": None,
+        "lost_writes": 0,
+        "verified": True,
+    }
+    assert _version(db) == [("r1",)]
+    assert _rows(
+        db, "SELECT count(*) FROM accounts WHERE id <= 100 AND legacy IS DISTINCT FROM 'L' || id"
+    ) == [(0,)]
+    assert _rows(db, "SELECT count(*) FROM accounts WHERE id > 100 AND legacy IS NOT NULL") == [(0,)]
+    assert _rows(db, "SELECT email, amount FROM accounts WHERE id = 3") == [("changed3", 0)]
+    # 95 rows in batches of 7; the work table is gone once its rows are back
+    assert _fills(db) == [("public.accounts", 95, 95, math.ceil(95 / 7), True, False)]
+    assert _rows(db, "SELECT status FROM dbrollback.runs WHERE id = %s", (doc_run_id(db),)) == [
+        ("succeeded",)
+    ]
+
+
+def test_changed_type_in_batches_keeps_a_later_write_as_a_conflict(project, cli, db, database_url, tmp_path):
+    _accounts(
+        project,
+        'op.alter_column("accounts", "amount", type_=sa.Integer, postgresql_using="round(amount)::integer")',
+        'op.alter_column("accounts", "amount", type_=sa.Numeric(10, 2))',
+    )
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 50)
+    _upgrade(cli, database_url, store)
+    db.execute("UPDATE accounts SET amount = 99 WHERE id = 7")
+
+    doc = _rollback(cli, database_url, store, "--batched", "--batch-rows", "10")
+    table = _table(doc, "public.accounts")
+    assert (table["restored_rows"], table["kept_rows"], table["conflicts"], table["verified"]) == (
+        49,
+        1,
+        1,
+        True,
+    )
+    assert table["conflict_examples"] == [
+        {"key": {"id": 7}, "column": "amount", "current": "99.00", "preimage": "7.25"}
+    ]
+    assert _rows(db, "SELECT count(*) FROM accounts WHERE id <> 7 AND amount <> id + 0.25") == [(0,)]
+    assert _rows(db, "SELECT amount::text FROM accounts WHERE id = 7") == [("99.00",)]
+
+
+def _stalling_trigger(db: psycopg.Connection, row_id: int) -> None:
+    """Made before the upgrade (so the schema compared after the rollback has it too): an UPDATE of
+    accounts(id = row_id) waits for advisory lock 4242, a lock wait that lock_timeout applies to,
+    while a session holds it (see _stall); the downgrade's DDL is not held up."""
+    db.execute(
+        "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$"
+    )
+    db.execute(
+        f"CREATE TRIGGER stall BEFORE UPDATE ON accounts FOR EACH ROW WHEN (OLD.id = {int(row_id)}) "
+        "EXECUTE FUNCTION stall()"
+    )
+
+
+def _stall(database_url: str) -> psycopg.Connection:
+    holder = psycopg.connect(database_url, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(4242)")
+    return holder
+
+
+def test_a_batch_that_times_out_stops_resumably_and_resume_finishes(project, cli, db, database_url, tmp_path):
+    _accounts(project, *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 60)
+    _stalling_trigger(db, 45)
+    _upgrade(cli, database_url, store)
+    holder = _stall(database_url)
+    try:
+        stopped = cli(
+            "rollback", "--json", "--yes", "--batched", "--batch-rows", "20", "--lock-timeout", "200ms",
+            "--lock-retries", "0", *_args(database_url, store),
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert stopped.code == 4, stopped.err
+    assert (
+        stopped.json["error"] == "migration_failed"
+        and "dbrollback rollback --resume" in stopped.json["message"]
+    )
+    assert "lock" in stopped.json["message"] and "Traceback" not in stopped.err
+    # the downgrade and the batches of ids 1-20 and 21-40 committed; the one with id 45 did not
+    assert _version(db) == [("r1",)]
+    assert _rows(db, "SELECT count(legacy), min(id) FILTER (WHERE legacy IS NULL) FROM accounts") == [
+        (40, 41)
+    ]
+    rollback_id = doc_run_id(db)
+    assert _rows(db, "SELECT status FROM dbrollback.runs WHERE id = %s", (rollback_id,)) == [("failed",)]
+    # nothing else runs until it is finished: not another rollback, not an upgrade
+    for command in (["rollback", "--yes"], ["upgrade"]):
+        refused = cli(*command, *_args(database_url, store))
+        assert refused.code == 3 and "--resume" in refused.err, refused.err
+    assert _version(db) == [("r1",)]
+
+    resumed = _rollback(cli, database_url, store, "--resume")
+    assert resumed["verified"] and _table(resumed, "public.accounts")["restored_rows"] == 60
+    assert _rows(db, "SELECT count(*) FROM accounts WHERE legacy IS DISTINCT FROM 'L' || id") == [(0,)]
+    assert _rows(db, "SELECT status FROM dbrollback.runs WHERE id = %s", (rollback_id,)) == [("succeeded",)]
+    assert _fills(db) == [("public.accounts", 60, 60, 3, True, False)]
+    again = cli("rollback", "--resume", *_args(database_url, store))
+    assert again.code == 3 and "No batched rollback is waiting" in again.err
+
+
+def _wait_until(condition, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 120  # a guard against hanging, not a performance limit
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"rollback exited before {what}: {proc.communicate()}")
+        assert time.monotonic() < deadline, f"rollback never reached {what}"
+        time.sleep(0.05)
+
+
+def test_kill_9_between_batches_resumes_without_redoing_committed_batches(
+    project: Project, cli, db, database_url, tmp_path
+):
+    _accounts(project, *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 3000)
+    _stalling_trigger(db, 2000)  # the process is killed while its batch waits on this row
+    _upgrade(cli, database_url, store)
+    holder = _stall(database_url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbrollback", "rollback", "--yes", "--batched", "--batch-rows", "250",
+         "--lock-timeout", "10min", *_args(database_url, store)],
+        cwd=project.root, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _wait_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event = 'advisory' AND query LIKE 'UPDATE %%'"
+                ).fetchone()
+                == (1,)
+            ),
+            proc,
+            "the batch waiting for the locked row",
+        )
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        holder.close()
+    deadline = time.monotonic() + 120
+    while _rows(
+        db,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    ) != [(0,)]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    # committed: the downgrade and the batches before the locked row's; none of the batch it died in
+    assert _version(db) == [("r1",)]
+    ((done,),) = _rows(db, "SELECT done_n FROM dbrollback.rollback_fills")
+    assert 0 < done < 2000 and done % 250 == 0
+    assert _rows(db, "SELECT count(legacy) FROM accounts") == [(done,)]
+    before = _rows(db, "SELECT id, xmin::text FROM accounts WHERE legacy IS NOT NULL ORDER BY id")
+    # the app goes on between the kill and the resume: one row written in the re-added column (kept
+    # and reported), another row's other column (its legacy value still comes back)
+    db.execute("UPDATE accounts SET legacy = 'app wrote' WHERE id = 2999")
+    db.execute("UPDATE accounts SET email = 'edited' WHERE id = 2998")
+
+    doc = _rollback(cli, database_url, store, "--resume")
+    table = _table(doc, "public.accounts")
+    assert doc["verified"] and table["verified"]
+    assert (table["restored_rows"], table["kept_rows"], table["conflicts"]) == (2999, 1, 1)
+    assert table["conflict_examples"] == [
+        {"key": {"id": 2999}, "column": "legacy", "current": "app wrote", "preimage": "L2999"}
+    ]
+    assert _rows(db, "SELECT legacy, email FROM accounts WHERE id IN (2998, 2999) ORDER BY id") == [
+        ("L2998", "edited"),
+        ("app wrote", "User2999@X.org"),
+    ]
+    assert _rows(
+        db, "SELECT count(*) FROM accounts WHERE id < 2999 AND legacy IS DISTINCT FROM 'L' || id"
+    ) == [(0,)]
+    # the batches committed before the kill were not applied again: same row versions
+    ids = [r[0] for r in before]
+    assert _rows(db, "SELECT id, xmin::text FROM accounts WHERE id = ANY(%s) ORDER BY id", (ids,)) == before
+    assert _fills(db) == [("public.accounts", 3000, 3000, 12, True, False)]
+    assert _rows(db, "SELECT status FROM dbrollback.runs WHERE id = %s", (doc_run_id(db),)) == [
+        ("succeeded",)
+    ]
+
+
+def test_batched_usage_errors_and_dry_run(project, cli, db, database_url, tmp_path):
+    _accounts(project, *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 20)
+    _upgrade(cli, database_url, store)
+    wrong = [
+        ["--batched", "--strategy", "restore"],
+        ["--batch-rows", "0"],
+        ["--resume", "--dry-run"],
+        ["--resume", "--steps", "1"],
+    ]
+    for extra in wrong:
+        result = cli("rollback", "--yes", *extra, *_args(database_url, store))
+        assert result.code == 2 and "Traceback" not in result.err, (extra, result.err)
+    nothing = cli("rollback", "--resume", *_args(database_url, store))
+    assert nothing.code == 3 and "No batched rollback is waiting" in nothing.err
+    dry = _rollback(cli, database_url, store, "--batched", "--dry-run")
+    assert dry["dry_run"] and _table(dry, "public.accounts")["restored_rows"] == 20 and dry["verified"]
+    assert _version(db) == [("r2",)] and _fills(db) == []
