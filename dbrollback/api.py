@@ -578,6 +578,8 @@ class StatusReport:
     runs: list[RunRecord]
     interrupted_runs: list[RunRecord]
     lock_holder: LockHolder | None
+    # a `rollback --batched` whose batches have not all committed: (rollback run, rows done, rows)
+    batched_rollback: tuple[int, int, int] | None = None
 
     @property
     def last_run(self) -> RunRecord | None:
@@ -596,10 +598,15 @@ class StatusReport:
             "runs": [r.to_dict() for r in self.runs],
             "interrupted_runs": [r.to_dict() for r in self.interrupted_runs],
             "lock_holder": self.lock_holder.to_dict() if self.lock_holder else None,
+            "unfinished_batched_rollback": None
+            if self.batched_rollback is None
+            else dict(zip(("rollback_run_id", "rows_done", "rows"), self.batched_rollback, strict=True)),
         }
 
 
 def status(settings: Settings, *, limit: int = 10, notify: Notify = _quiet) -> StatusReport:
+    from dbrollback.rollback.fill import pending_progress
+
     AlembicProject(settings.alembic_config)
     database = resolve_database(settings, notify)
     project = _project(settings, database)
@@ -620,6 +627,7 @@ def status(settings: Settings, *, limit: int = 10, notify: Notify = _quiet) -> S
             runs=runs,
             interrupted_runs=interrupted,
             lock_holder=find_holder(conn),
+            batched_rollback=pending_progress(conn),
         )
 
 

@@ -147,6 +147,13 @@ def test_a_batch_that_times_out_stops_resumably_and_resume_finishes(project, cli
     ]
     rollback_id = doc_run_id(db)
     assert _rows(db, "SELECT status FROM dbrollback.runs WHERE id = %s", (rollback_id,)) == [("failed",)]
+    status = cli("status", "--json", *_args(database_url, store))
+    assert status.json["unfinished_batched_rollback"] == {
+        "rollback_run_id": rollback_id,
+        "rows_done": 40,
+        "rows": 60,
+    }
+    assert "rollback --resume" in cli("status", *_args(database_url, store)).out
     # nothing else runs until it is finished: not another rollback, not an upgrade
     for command in (["rollback", "--yes"], ["upgrade"]):
         refused = cli(*command, *_args(database_url, store))
@@ -158,6 +165,7 @@ def test_a_batch_that_times_out_stops_resumably_and_resume_finishes(project, cli
     assert _rows(db, "SELECT count(*) FROM accounts WHERE legacy IS DISTINCT FROM 'L' || id") == [(0,)]
     assert _rows(db, "SELECT status FROM dbrollback.runs WHERE id = %s", (rollback_id,)) == [("succeeded",)]
     assert _fills(db) == [("public.accounts", 60, 60, 3, True, False)]
+    assert cli("status", "--json", *_args(database_url, store)).json["unfinished_batched_rollback"] is None
     again = cli("rollback", "--resume", *_args(database_url, store))
     assert again.code == 3 and "No batched rollback is waiting" in again.err
 

@@ -93,6 +93,14 @@ def render_status(
             f"Not applied: {', '.join(run.not_applied_revisions) or 'nothing'}.",
             style="bold yellow",
         )
+    if report.batched_rollback is not None:
+        run_id, done, rows = report.batched_rollback
+        console.line(
+            f"Rollback run {run_id} (--batched) committed its downgrades but has put back only {done:,} of "
+            f"{rows:,} rows; finish it with `dbrollback rollback --resume` (upgrade and rollback refuse "
+            "until then).",
+            style="bold yellow",
+        )
     if report.runs and show_runs:
         render_runs(console, "Recent runs", report.runs[:5], readiness)
 
