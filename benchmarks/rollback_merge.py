@@ -138,6 +138,7 @@ class Bench:
         self.fingerprint: list[tuple[float, int, int]] = []  # seconds, bytes, rows
         self.reports: list[dict[str, Any]] = []
         self.checks: list[str] = []
+        self.batched_checks: list[str] = []
         self.profiles: dict[str, list[str]] = {}
         self.loads: list[str] = [_load("start")]
 
@@ -171,7 +172,7 @@ class Bench:
                     found.append(f"    {float(hit.group(1)) / 1000:7.2f} s  {hit.group(2).strip()[:100]}")
         return found
 
-    def dbrollback(self, label: str, *args: str) -> Run:
+    def dbrollback(self, label: str, *args: str, url: str | None = None) -> Run:
         return self.timed(
             label,
             [
@@ -180,7 +181,7 @@ class Bench:
                 "dbrollback",
                 *args,
                 "--database-url",
-                self.url,
+                url or self.url,
                 "--store",
                 self.store.as_uri(),
                 "-c",
@@ -250,6 +251,7 @@ class Bench:
         self.app_writes(number)
         self.floor()
         self.whole_table_restore()
+        self.batched()
         result = self.dbrollback("dbrollback rollback --yes --json", "rollback", "--yes", "--json")
         self.reports.append(json.loads(result.out))
         self.check(number)
@@ -296,6 +298,35 @@ class Bench:
             self.timed(
                 "plain SQL: ADD COLUMN + COPY + UPDATE … FROM",
                 [binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", script],
+            )
+            self.conn.close()
+        finally:
+            self.admin(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(copy))
+            self.conn = psycopg.connect(self.url, autocommit=True)
+
+    def batched(self) -> None:
+        """`rollback --batched` on a copy of the database: the same merge, values in batches."""
+        self.conn.close()
+        copy = sql.Identifier("bench_batched")
+        self.admin(sql.SQL("CREATE DATABASE {} TEMPLATE bench STRATEGY FILE_COPY").format(copy))
+        url = self.server.status().url("bench_batched")
+        try:
+            self.conn = psycopg.connect(url, autocommit=True)
+            result = self.dbrollback(
+                "dbrollback rollback --batched --yes --json",
+                "rollback",
+                "--batched",
+                "--yes",
+                "--json",
+                url=url,
+            )
+            doc = json.loads(result.out)
+            wrong = self.sql(
+                f"SELECT count(*) FROM {{t}} WHERE id <= {self.rows} AND note IS DISTINCT FROM {_note('id')}"
+            )
+            self.batched_checks.append(
+                f"verified {doc['verified']}, restored_rows {doc['tables'][0]['restored_rows']:,}, "
+                f"notes not equal to the pre-image: {wrong[0]:,}"
             )
             self.conn.close()
         finally:
@@ -380,6 +411,7 @@ class Bench:
             f"duration_s {report['duration_s']}"
         )
         out += ["", "correctness", *(f"  {c}" for c in self.checks)]
+        out += [f"  --batched, run {i}: {c}" for i, c in enumerate(self.batched_checks, 1)]
         ours = self.results["dbrollback rollback --yes --json"]
         snap = self.results["dbrollback snapshot create (baseline)"]
         floor = self.results["plain SQL: ADD COLUMN + COPY + UPDATE … FROM"]
