@@ -245,6 +245,41 @@ def test_rows_the_migration_deleted_come_back_rows_the_app_deleted_stay_deleted(
     )
 
 
+def test_rows_deleted_from_parent_and_child_tables_come_back_parents_first(
+    project, cli, db, database_url, tmp_path
+):
+    deletes = [
+        'op.execute("DELETE FROM orders WHERE customer_id <= 3")',
+        'op.execute("DELETE FROM customers WHERE id <= 3")',
+    ]
+    project.add_revision(
+        "r1",
+        None,
+        """
+        op.create_table("customers", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text))
+        op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True),
+                        sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False))
+        """,
+    )
+    project.add_revision("r2", "r1", "\n".join(deletes), "pass")
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 10) g")
+    db.execute("INSERT INTO orders SELECT g, 1 + g % 10 FROM generate_series(1, 30) g")
+    _upgrade(cli, database_url, store)
+
+    doc = _rollback(cli, database_url, store)
+    assert doc["verified"]
+    assert {t["table"]: t["reinserted_rows"] for t in doc["tables"]} == {
+        "public.customers": 3,
+        "public.orders": 9,
+    }
+    assert [t["table"] for t in doc["tables"]] == ["public.customers", "public.orders"]
+    assert _rows(db, "SELECT count(*) FROM customers") == [(10,)] and _rows(
+        db, "SELECT count(*) FROM orders"
+    ) == [(30,)]
+
+
 def test_dropped_table_comes_back_with_all_rows(project, cli, db, database_url, tmp_path):
     project.add_revision(
         "r1",

@@ -60,6 +60,10 @@ def test_restore_skips_a_raising_downgrade_and_puts_the_pre_image_back(
     store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
     _fill(db)
+    db.execute("ALTER TABLE accounts ALTER COLUMN legacy SET NOT NULL")
+    db.execute("CREATE INDEX by_email ON accounts (email)")
+    db.execute("GRANT SELECT ON accounts TO PUBLIC")
+    db.execute("COMMENT ON TABLE accounts IS 'the accounts'")
     before = _accounts_checksum(db)
     upgraded = _upgrade(cli, database_url, store)
     _later_writes(db)
@@ -90,7 +94,8 @@ def test_restore_skips_a_raising_downgrade_and_puts_the_pre_image_back(
         0,
         True,
     )
-    assert table["reinserted_rows"] == 100  # the table did not have the snapshot's shape: recreated
+    # the table lacked the dropped column: added back in place (not recreated), then every row put back
+    assert (table["restored_rows"], table["reinserted_rows"]) == (95, 5)
     for key in ("tables", "verified", "reverted_revisions", "skipped_downgrades", "schema_matches"):
         assert dry[key] == doc[key], key
     assert dry["dry_run"] is True
@@ -101,8 +106,19 @@ def test_restore_skips_a_raising_downgrade_and_puts_the_pre_image_back(
     assert _rows(db, "SELECT count(*) FROM accounts WHERE id > 100 OR email LIKE 'changed%%'") == [(0,)]
     assert _rows(db, "SELECT legacy FROM accounts WHERE id = 93") == [("L93",)]
     assert rolled_back_runs(db) == {upgraded["run_id"]: doc_run_id(db)}
-    # the serial column's sequence survived the recreation and still owns/feeds the column
-    db.execute("INSERT INTO accounts (email) VALUES ('after')")
+    # the table itself stayed: its index, grant and comment are there, the column is NOT NULL again
+    assert _rows(
+        db, "SELECT indexname FROM pg_indexes WHERE tablename = 'accounts' AND indexname = 'by_email'"
+    ) == [("by_email",)]
+    assert _rows(db, "SELECT relacl::text LIKE '%%=r/%%' FROM pg_class WHERE oid = 'accounts'::regclass") == [
+        (True,)
+    ]
+    assert _rows(db, "SELECT obj_description('accounts'::regclass)") == [("the accounts",)]
+    assert _rows(
+        db, "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'accounts'::regclass AND attname = 'legacy'"
+    ) == [(True,)]
+    # the serial column's sequence still owns/feeds the column
+    db.execute("INSERT INTO accounts (email, legacy) VALUES ('after', 'x')")
     assert _rows(db, "SELECT id > 100 FROM accounts WHERE email = 'after'") == [(True,)]
 
 
@@ -269,6 +285,10 @@ def test_to_and_steps_refusals_change_nothing(project, cli, db, database_url, tm
     assert outside.code == 3 and str(first["run_id"]) in outside.json["message"]
     assert _state(db) == before and rolled_back_runs(db) == {}
 
+    # a prefix of several runs' starting revisions is a usage error
+    ambiguous = cli("rollback", "--yes", "--json", "--to", "r", *_args(database_url, store))
+    assert ambiguous.code == 2 and "ambiguous" in ambiguous.json["message"]
+    assert _state(db) == before
     # --to r2 is the one-run rollback of the newest run
     doc = _rollback(cli, database_url, store, "--to", "r2")
     assert doc["run_ids"] == [second["run_id"]] and _version(db) == [("r2",)]
@@ -339,7 +359,12 @@ def test_restore_of_a_dropped_table_without_a_downgrade_function(project, cli, d
 
 
 def test_restore_refuses_to_recreate_a_table_others_depend_on(project, cli, db, database_url, tmp_path):
-    _accounts(project, DROP_LEGACY[0], RAISING)
+    # a type change whose downgrade raises: the table can only be recreated, and a view needs it
+    _accounts(
+        project,
+        'op.alter_column("accounts", "amount", type_=sa.Integer, postgresql_using="round(amount)::integer")',
+        RAISING,
+    )
     store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
     _fill(db, 10)
@@ -350,3 +375,36 @@ def test_restore_refuses_to_recreate_a_table_others_depend_on(project, cli, db, 
     assert refused.code == 3 and "account_emails" in refused.json["message"]
     after = _state(db)
     assert after[:2] == before[:2] and after[3] == before[3] and rolled_back_runs(db) == {}
+
+
+def test_restore_adds_a_dropped_column_back_in_place_even_with_a_view_on_the_table(
+    project, cli, db, database_url, tmp_path
+):
+    _accounts(project, DROP_LEGACY[0], RAISING)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 10)
+    before = _accounts_checksum(db)
+    _upgrade(cli, database_url, store)
+    db.execute("CREATE VIEW account_emails AS SELECT id, email FROM accounts")
+    doc = cli("rollback", "--yes", "--json", "--strategy", "restore", *_args(database_url, store))
+    # the data is back and verified; the view, made after the upgrade, is a schema difference
+    assert doc.code == 1 and _table(doc.json, "public.accounts")["verified"]
+    assert doc.json["schema_matches"] is False
+    assert [d["object"] for d in doc.json["schema_differences"]] == ["view public.account_emails"]
+    assert _accounts_checksum(db) == before
+    assert _rows(db, "SELECT count(*) FROM account_emails") == [(10,)]
+
+
+def test_to_takes_a_unique_prefix_of_a_revision_id(project, cli, db, database_url, tmp_path):
+    store = tmp_path / "store"
+    project.add_revision(
+        "1a2b3c4d", None, 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))'
+    )
+    project.add_revision(
+        "9f8e7d6c", "1a2b3c4d", 'op.add_column("t", sa.Column("x", sa.Text))', 'op.drop_column("t", "x")'
+    )
+    assert cli("upgrade", "1a2b3c4d", *_args(database_url, store)).code == 0
+    assert cli("upgrade", *_args(database_url, store)).code == 0
+    doc = _rollback(cli, database_url, store, "--to", "1a2b")
+    assert doc["reverted_revisions"] == ["9f8e7d6c"] and _version(db) == [("1a2b3c4d",)]

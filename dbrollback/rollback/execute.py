@@ -142,13 +142,18 @@ class RollbackHooks:
     def step_applied(
         self, connection: Connection, step: PlannedStep, started_at: datetime, attempt: int
     ) -> None:
-        from dbrollback.snapshot.restore import advance_sequences
+        from dbrollback.snapshot.restore import advance_sequences, order_parents_first
 
         conn = self._driver(connection)
         assert self._hasher is not None
         if self.plan.strategy == "restore":
             self._after_restore(step, conn)
-        for m in self._merges.get(step.revision, []):
+        # Parents first: a re-inserted row (or a value put back) may reference a row re-inserted
+        # into another table of the same revision.
+        merges = order_parents_first(
+            conn, self._merges.get(step.revision, []), lambda m: (m.fingerprint.schema, m.fingerprint.table)
+        )
+        for m in merges:
             merge(conn, self._hasher, self.store, m)
             m.report.verified = verify_table(conn, self._hasher, m)
             if not self.result.dry_run:  # setval is not undone by a rollback: never in a dry run

@@ -150,6 +150,7 @@ def choose_runs(
             )
     else:
         assert to is not None
+        to = _resolve_prefix(to, candidates)
         for run in candidates:
             chosen.append(run)
             if _start(run) == to:
@@ -184,6 +185,20 @@ def choose_runs(
             run_id=given.id,
         )
     return chosen
+
+
+def _resolve_prefix(to: str, candidates: list[RunRecord]) -> str:
+    """`to` as given, or the one revision a candidate run started from that it is a prefix of
+    (as Alembic takes revision ids); a prefix of several is a usage error."""
+    starts = {_start(r) for r in candidates if _start(r)}
+    if to == "base" or to in starts:
+        return to
+    matches = sorted(s for s in starts if s.startswith(to) and s != "base")
+    if len(matches) > 1:
+        raise ConfigError(
+            f"--to {to} is ambiguous: runs started from {', '.join(matches)}; give more of the revision id"
+        )
+    return matches[0] if matches else to
 
 
 def check_heads(run: RunRecord, current_heads: tuple[str, ...]) -> None:

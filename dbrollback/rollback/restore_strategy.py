@@ -24,7 +24,7 @@ import re
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -40,7 +40,7 @@ from dbrollback.rollback.sqlparts import Hasher, LiveColumn, count, keys_equal, 
 from dbrollback.snapshot import restore as snapshot_restore
 from dbrollback.snapshot.checksum import table_checksum
 from dbrollback.snapshot.load import load_table_copy
-from dbrollback.snapshot.manifest import SnapshotManifest, TableManifest
+from dbrollback.snapshot.manifest import ColumnInfo, SnapshotManifest, TableManifest
 from dbrollback.snapshot.store import SnapshotStore
 
 STAGE_PREFIX = f"{OBJECT_PREFIX}rs_pre_"
@@ -68,6 +68,7 @@ class TableRestore:
     report: TableReport
     stage: str | None = None  # pg_temp table holding the pre-image, once staged
     recreated: bool = False
+    added_back: list[ColumnInfo] = field(default_factory=list)  # columns added back in place
 
     @property
     def name(self) -> tuple[str, str]:
@@ -228,6 +229,55 @@ def _drop_for_recreate(
     return sequences
 
 
+def _reshape_in_place(conn: psycopg.Connection, r: TableRestore, differences: list[str]) -> bool:
+    """When the only differences are whole columns (the migration dropped or added them and the
+    downgrade was skipped): add the snapshot's missing columns, drop the columns it does not have,
+    keeping the table itself. False, changing nothing, when anything else differs (types, generated
+    columns) or a column cannot be dropped: the table is then recreated."""
+    live = live_columns(conn, *r.name) or {}
+    snap = {c.name: c for c in r.tm.columns}
+    missing = [c for name, c in snap.items() if name not in live]
+    extra = [name for name in live if name not in snap]
+    if len(differences) != len(missing) + len(extra) or any(c.generated for c in missing):
+        return False
+    try:
+        with conn.transaction():  # a savepoint: a column a view depends on leaves the table as it was
+            for name in extra:
+                conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(r.live, sql.Identifier(name)))
+            for c in missing:  # values come with the rows; NOT NULL and the default once they are in
+                _one_statement(
+                    conn,
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        r.live, sql.Identifier(c.name), sql.SQL(c.type)
+                    ),
+                )
+    except psycopg.errors.DependentObjectsStillExist:
+        return False
+    r.added_back = missing
+    return True
+
+
+def _one_statement(conn: psycopg.Connection, statement: sql.Composed) -> None:
+    """The extended protocol takes exactly one statement: text from a manifest (a type, a default)
+    cannot smuggle in another."""
+    with conn.cursor(binary=True) as cur:
+        cur.execute(statement)
+
+
+def _finish_added_columns(conn: psycopg.Connection, r: TableRestore) -> None:
+    for c in r.added_back:
+        column = sql.Identifier(c.name)
+        if c.default is not None:
+            _one_statement(
+                conn,
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}").format(
+                    r.live, column, sql.SQL(c.default)
+                ),
+            )
+        if not c.nullable:
+            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(r.live, column))
+
+
 _NEXTVAL = re.compile(r"^nextval\('((?:[^']|'')+)'::regclass\)$")
 _SERIAL_TYPES = {"smallint", "integer", "bigint"}
 
@@ -281,7 +331,13 @@ def restore_tables(
         found = snapshot_restore.relation_of(conn, *r.name)
         if found is not None:
             differences = snapshot_restore.column_differences(conn, found[0], r.tm)
-            if differences:
+            if differences and _reshape_in_place(conn, r, differences):
+                notify(
+                    f"{r.report.table} did not have the snapshot's shape after the downgrade "
+                    f"({'; '.join(differences)}): columns added back / dropped in place (its indexes, "
+                    "constraints, triggers and grants stay)"
+                )
+            elif differences:
                 reattach[r.name] = _drop_for_recreate(conn, r, differences)
                 notify(
                     f"{r.report.table} does not have the snapshot's shape after the downgrade "
@@ -324,6 +380,7 @@ def restore_tables(
             _, updated, inserted, _ = counts[t.name]
             report = by_name[t.name].report
             report.restored_rows, report.reinserted_rows = updated, inserted
+            _finish_added_columns(conn, by_name[t.name])
     for t in targets:
         report = by_name[t.name].report
         got = table_checksum(conn, *t.name, columns=[c.name for c in t.tm.columns])

@@ -70,7 +70,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -990,21 +990,42 @@ def _stage(
 
 def parents_first(conn: psycopg.Connection, targets: list[RestoreTarget]) -> list[RestoreTarget]:
     """The tables ordered so that a table comes after the restored tables it references."""
-    oids: dict[int, RestoreTarget] = {}
     for t in targets:
-        found = relation_of(conn, t.p.schema, t.p.table)
-        if found is None:
+        if relation_of(conn, t.p.schema, t.p.table) is None:
             raise RestoreFailed(f"{_quote(conn, t.p.schema, t.p.table)} no longer exists", schema=t.p.schema)
-        oids[found[0]] = t
-    parents: dict[int, set[int]] = {oid: set() for oid in oids}
-    for child, parent in conn.execute(_FK_EDGES_SQL, {"oids": list(oids)}).fetchall():
+    return order_parents_first(conn, targets, lambda t: (t.p.schema, t.p.table))
+
+
+_Item = TypeVar("_Item")
+
+
+def order_parents_first(
+    conn: psycopg.Connection, items: list[_Item], table_of: Callable[[_Item], tuple[str, str]]
+) -> list[_Item]:
+    """`items` ordered so that each comes after the items whose tables its table references by a
+    foreign key (a cycle keeps the given order for the rest); items of tables that do not exist
+    (or several items of one table) keep their given order among themselves."""
+    oids: list[int | None] = []
+    for item in items:
+        found = relation_of(conn, *table_of(item))
+        oids.append(found[0] if found else None)
+    known = [o for o in oids if o is not None]
+    parents: dict[int, set[int]] = {o: set() for o in known}
+    for child, parent in conn.execute(_FK_EDGES_SQL, {"oids": known}).fetchall():
         parents[child].add(parent)
-    ordered: list[int] = []
-    while len(ordered) < len(oids):
-        ready = [o for o in oids if o not in ordered and parents[o] <= set(ordered)]
-        # A cycle of foreign keys: keep the plan order for the rest.
-        ordered.append(ready[0] if ready else next(o for o in oids if o not in ordered))
-    return [oids[o] for o in ordered]
+    placed: set[int | None] = set()
+
+    def ready(i: int) -> bool:
+        oid = oids[i]
+        return oid is None or parents[oid] <= placed
+
+    order: list[int] = []  # indexes into items
+    while len(order) < len(items):
+        waiting = [i for i in range(len(items)) if i not in order]
+        chosen = next((i for i in waiting if ready(i)), waiting[0])
+        order.append(chosen)
+        placed.add(oids[chosen])
+    return [items[i] for i in order]
 
 
 def _key_match(key: list[str], left: str, right: str) -> sql.Composed:
