@@ -20,6 +20,7 @@ from .test_rollback import (
     _fill,
     _rollback,
     _rows,
+    _split_people,
     _table,
     _two_lossy,
     _two_runs,
@@ -408,3 +409,22 @@ def test_to_takes_a_unique_prefix_of_a_revision_id(project, cli, db, database_ur
     assert cli("upgrade", *_args(database_url, store)).code == 0
     doc = _rollback(cli, database_url, store, "--to", "1a2b")
     assert doc["reverted_revisions"] == ["9f8e7d6c"] and _version(db) == [("1a2b3c4d",)]
+
+
+def test_restore_counts_only_the_writes_since_into_columns_the_migration_added(
+    project, cli, db, database_url, tmp_path
+):
+    _split_people(project)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO people SELECT g, 'Ann  Lee' || g FROM generate_series(1, 10) g")
+    _upgrade(cli, database_url, store)
+    db.execute("UPDATE people SET first = 'Bea', last = 'Cole' WHERE id = 1")
+    db.execute("UPDATE people SET last = NULL WHERE id = 2")
+    db.execute("UPDATE people SET first = first WHERE id = 3")  # written, but to the value it held
+    db.execute("INSERT INTO people (id, first, last) VALUES (11, 'New', 'Person')")
+    # discarded: the updates of rows 1 and 2 and the inserted row 11, not the migration's own split
+    doc = _rollback(cli, database_url, store, "--strategy", "restore")
+    table = _table(doc, "public.people")
+    assert table["lost_writes"] == 3 and table["verified"] and table["lost_values_saved_to"]
+    assert _rows(db, "SELECT id, name FROM people ORDER BY id") == [(g, f"Ann  Lee{g}") for g in range(1, 11)]

@@ -180,8 +180,17 @@ def _lost_writes(
                 hasher.row("p", [(c, pre[c]) for c in untouched]),
             )
         )
-    added = [c for c in live if c not in pre and not live[c].generated]
-    written.extend(sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", c)) for c in added)
+    for c in [c for c in live if c not in pre and not live[c].generated]:  # added by the migration
+        hash_column = f.added_columns.get(c)
+        if hash_column is None or live[c].type != f.column_types.get(c):
+            # Not hashed (fingerprinted before catalog v7) or retyped since: every value counts.
+            written.append(sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", c)))
+        else:  # only values written since: not the ones the migration itself put there
+            written.append(
+                sql.SQL("{} IS DISTINCT FROM {}").format(
+                    hasher.value("t", c, live[c].type), sql.Identifier("f", hash_column)
+                )
+            )
     updated = 0
     if written:
         updated = count(
