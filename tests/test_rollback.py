@@ -92,7 +92,8 @@ DROP_LEGACY = (
 )
 
 
-def test_dropped_column_comes_back_and_later_writes_stay(project, cli, db, database_url, tmp_path):
+@pytest.mark.parametrize("mode", [(), ("--batched", "--batch-rows", "7")], ids=["one transaction", "batched"])
+def test_dropped_column_comes_back_and_later_writes_stay(project, cli, db, database_url, tmp_path, mode):
     _accounts(project, *DROP_LEGACY)
     store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
@@ -103,7 +104,7 @@ def test_dropped_column_comes_back_and_later_writes_stay(project, cli, db, datab
     db.execute("INSERT INTO accounts (id, email) SELECT g, 'new' || g FROM generate_series(101, 105) g")
     db.execute("DELETE FROM accounts WHERE id BETWEEN 91 AND 95")
 
-    doc = _rollback(cli, database_url, store)
+    doc = _rollback(cli, database_url, store, *mode)
     assert doc["run_id"] == upgraded["run_id"] and doc["reverted_revisions"] == ["r2"]
     assert (doc["strategy"], doc["dry_run"], doc["verified"], doc["schema_matches"]) == (
         "merge",
@@ -145,6 +146,12 @@ def test_dropped_column_comes_back_and_later_writes_stay(project, cli, db, datab
         db, "SELECT details->>'status' FROM dbrollback.audit WHERE command = 'rollback' ORDER BY id"
     )
     assert audit == [("started",), ("succeeded",)]
+    if mode:  # 95 rows in batches of 7; the work table is gone once its rows are back
+        assert _rows(
+            db,
+            "SELECT total_rows, done_n, batches, finished_at IS NOT NULL, "
+            "to_regclass('dbrollback.' || quote_ident(work_table)) FROM dbrollback.rollback_fills",
+        ) == [(95, 95, 14, True, None)]
 
 
 def doc_run_id(db: psycopg.Connection) -> int:

@@ -1,14 +1,13 @@
 """`dbrollback rollback --batched`: the downgrades commit first, then values go back in batches of
-their own, verified per batch and resumable after kill -9 (issue #5, item 3)."""
+their own, verified per batch and resumable after kill -9 (issue #5, item 3). The dropped-column
+scenario of test_rollback runs in both modes too."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import psycopg
 
@@ -25,6 +24,7 @@ from .test_rollback import (
     _version,
     doc_run_id,
 )
+from .test_rollback_kill import _wait_for_its_backends_to_end, _wait_until
 
 
 def _fills(db: psycopg.Connection) -> list[tuple]:
@@ -34,42 +34,6 @@ def _fills(db: psycopg.Connection) -> list[tuple]:
         "to_regclass('dbrollback.' || quote_ident(work_table)) IS NOT NULL FROM dbrollback.rollback_fills "
         "ORDER BY rollback_run_id, position",
     )
-
-
-def test_dropped_column_comes_back_in_batches_with_the_same_report(project, cli, db, database_url, tmp_path):
-    _accounts(project, *DROP_LEGACY)
-    store = tmp_path / "store"
-    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
-    _fill(db)
-    _upgrade(cli, database_url, store)
-    db.execute("UPDATE accounts SET email = 'changed' || id, amount = 0 WHERE id <= 10")
-    db.execute("INSERT INTO accounts (id, email) SELECT g, 'new' || g FROM generate_series(101, 105) g")
-    db.execute("DELETE FROM accounts WHERE id BETWEEN 91 AND 95")
-
-    doc = _rollback(cli, database_url, store, "--batched", "--batch-rows", "7")
-    assert doc["verified"] and doc["schema_matches"]
-    assert _table(doc, "public.accounts") == {
-        "table": "public.accounts",
-        "restored_rows": 95,
-        "reinserted_rows": 0,
-        "kept_rows": 0,
-        "conflicts": 0,
-        "conflict_examples": [],
-        "lost_values_saved_to": None,
-        "lost_writes": 0,
-        "verified": True,
-    }
-    assert _version(db) == [("r1",)]
-    assert _rows(
-        db, "SELECT count(*) FROM accounts WHERE id <= 100 AND legacy IS DISTINCT FROM 'L' || id"
-    ) == [(0,)]
-    assert _rows(db, "SELECT count(*) FROM accounts WHERE id > 100 AND legacy IS NOT NULL") == [(0,)]
-    assert _rows(db, "SELECT email, amount FROM accounts WHERE id = 3") == [("changed3", 0)]
-    # 95 rows in batches of 7; the work table is gone once its rows are back
-    assert _fills(db) == [("public.accounts", 95, 95, math.ceil(95 / 7), True, False)]
-    assert _rows(db, "SELECT status FROM dbrollback.runs WHERE id = %s", (doc_run_id(db),)) == [
-        ("succeeded",)
-    ]
 
 
 def test_changed_type_in_batches_keeps_a_later_write_as_a_conflict(project, cli, db, database_url, tmp_path):
@@ -170,15 +134,6 @@ def test_a_batch_that_times_out_stops_resumably_and_resume_finishes(project, cli
     assert again.code == 3 and "No batched rollback is waiting" in again.err
 
 
-def _wait_until(condition, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 120  # a guard against hanging, not a performance limit
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"rollback exited before {what}: {proc.communicate()}")
-        assert time.monotonic() < deadline, f"rollback never reached {what}"
-        time.sleep(0.05)
-
-
 def test_kill_9_between_batches_resumes_without_redoing_committed_batches(
     project: Project, cli, db, database_url, tmp_path
 ):
@@ -212,14 +167,7 @@ def test_kill_9_between_batches_resumes_without_redoing_committed_batches(
         if proc.poll() is None:
             proc.kill()
         holder.close()
-    deadline = time.monotonic() + 120
-    while _rows(
-        db,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
-    ) != [(0,)]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _wait_for_its_backends_to_end(db)
 
     # committed: the downgrade and the batches before the locked row's; none of the batch it died in
     assert _version(db) == [("r1",)]
