@@ -162,8 +162,14 @@ def doc_run_id(db: psycopg.Connection) -> int:
 # -- transformed columns -------------------------------------------------------------------------------
 
 
+BOTH_MODES = pytest.mark.parametrize(
+    "mode", [(), ("--batched", "--batch-rows", "10")], ids=["one transaction", "batched"]
+)
+
+
+@BOTH_MODES
 def test_narrowed_numeric_gets_its_exact_decimals_back_unless_written_since(
-    project, cli, db, database_url, tmp_path
+    project, cli, db, database_url, tmp_path, mode
 ):
     _accounts(
         project,
@@ -177,7 +183,7 @@ def test_narrowed_numeric_gets_its_exact_decimals_back_unless_written_since(
     db.execute("UPDATE accounts SET amount = 99 WHERE id = 7")
     db.execute("UPDATE accounts SET email = 'other' WHERE id = 8")  # a column the migration left alone
 
-    doc = _rollback(cli, database_url, store)
+    doc = _rollback(cli, database_url, store, *mode)
     table = _table(doc, "public.accounts")
     assert (table["restored_rows"], table["kept_rows"], table["conflicts"]) == (49, 1, 1)
     assert table["conflict_examples"] == [

@@ -36,33 +36,6 @@ def _fills(db: psycopg.Connection) -> list[tuple]:
     )
 
 
-def test_changed_type_in_batches_keeps_a_later_write_as_a_conflict(project, cli, db, database_url, tmp_path):
-    _accounts(
-        project,
-        'op.alter_column("accounts", "amount", type_=sa.Integer, postgresql_using="round(amount)::integer")',
-        'op.alter_column("accounts", "amount", type_=sa.Numeric(10, 2))',
-    )
-    store = tmp_path / "store"
-    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
-    _fill(db, 50)
-    _upgrade(cli, database_url, store)
-    db.execute("UPDATE accounts SET amount = 99 WHERE id = 7")
-
-    doc = _rollback(cli, database_url, store, "--batched", "--batch-rows", "10")
-    table = _table(doc, "public.accounts")
-    assert (table["restored_rows"], table["kept_rows"], table["conflicts"], table["verified"]) == (
-        49,
-        1,
-        1,
-        True,
-    )
-    assert table["conflict_examples"] == [
-        {"key": {"id": 7}, "column": "amount", "current": "99.00", "preimage": "7.25"}
-    ]
-    assert _rows(db, "SELECT count(*) FROM accounts WHERE id <> 7 AND amount <> id + 0.25") == [(0,)]
-    assert _rows(db, "SELECT amount::text FROM accounts WHERE id = 7") == [("99.00",)]
-
-
 def _stalling_trigger(db: psycopg.Connection, row_id: int) -> None:
     """Made before the upgrade (so the schema compared after the rollback has it too): an UPDATE of
     accounts(id = row_id) waits for advisory lock 4242, a lock wait that lock_timeout applies to,
