@@ -362,7 +362,7 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
             marked = mark_interrupted_runs(conn, lock_held_by_us=True)
             if marked:
                 notify(f"Marked earlier run(s) {', '.join(map(str, marked))} as interrupted")
-            _refuse_pending_batched_rollback(conn)
+            refuse_pending_batched_rollback(conn)
             forward = _roll_forward(settings, conn, direction, planned, skip_saved_values, notify)
             duty = _snapshot_duty(settings, database, direction, target, planned, snapshot, progress, notify)
             journal = Journal(conn, settings.actor)
@@ -375,7 +375,7 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
             unlock(conn)
 
 
-def _refuse_pending_batched_rollback(conn: psycopg.Connection) -> None:
+def refuse_pending_batched_rollback(conn: psycopg.Connection) -> None:
     """A batched rollback whose batches did not all commit must be finished first: its work tables
     belong to the schema its downgrades left."""
     from dbrollback.rollback.fill import pending_fill_run, resume_hint

@@ -28,7 +28,14 @@ from dbrollback.database import Database, Notify, connect, resolve_database
 from dbrollback.errors import ConfigError, DbrollbackError, MigrationFailed, RefusedForSafety
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.rollback.execute import DryRunFinished
-from dbrollback.rollback.fill import DEFAULT_BATCH_ROWS, Fill, pending_fill_run, resume_hint, run_fills
+from dbrollback.rollback.fill import (
+    DEFAULT_BATCH_ROWS,
+    Fill,
+    abandon_fills,
+    pending_fill_run,
+    resume_hint,
+    run_fills,
+)
 from dbrollback.rollback.plan import RollbackPlan, check_heads, check_strategy, choose_runs, gather
 from dbrollback.rollback.report import RollbackResult, SkippedDowngrade, TableReport
 from dbrollback.rollback.restore_strategy import downgrades_guarded
@@ -60,6 +67,7 @@ def rollback(
     batched: bool = False,
     batch_rows: int | None = None,
     resume: bool = False,
+    abandon: bool = False,
 ) -> RollbackResult:
     """Undo upgrade run `run_id` (default: the most recent one not rolled back yet), or with `to` /
     `steps` several runs newest first (until the database is at revision `to`, or `steps` runs), all
@@ -74,7 +82,8 @@ def rollback(
     `batched` (merge only) puts the values of existing rows back after the transaction commits,
     in transactions of `batch_rows` rows each (default 10,000; a resume goes on with the size the
     rollback began with unless given; see dbrollback.rollback.fill); if those batches are
-    interrupted, everything else refuses until ``resume=True`` finishes them.
+    interrupted, everything else refuses until ``resume=True`` finishes them (``abandon=True`` as
+    well gives them up instead).
     """
     from dbrollback.api import error_text, guard_connection, timeouts_of
 
@@ -84,6 +93,10 @@ def rollback(
         raise ConfigError("--batched applies to --strategy merge only")
     if batch_rows is not None and batch_rows < 1:
         raise ConfigError(f"--batch-rows must be at least 1, not {batch_rows}")
+    if batch_rows is not None and not (batched or resume):
+        raise ConfigError("--batch-rows applies to --batched (or --resume) only")
+    if abandon and not resume:
+        raise ConfigError("--abandon applies to --resume only")
     if resume and (run_id is not None or to is not None or steps is not None or dry_run):
         raise ConfigError(
             "--resume takes no --run, --to, --steps or --dry-run: it finishes the pending rollback"
@@ -110,7 +123,7 @@ def rollback(
                         "No batched rollback is waiting to be resumed; nothing was changed"
                     )
                 return _resume(
-                    settings, database, project, conn, pending, batch_rows, started, notify, progress
+                    settings, database, project, conn, pending, batch_rows, started, notify, progress, abandon
                 )
             if pending is not None:
                 raise RefusedForSafety(resume_hint(pending), rollback_run_id=pending)
@@ -189,6 +202,7 @@ def rollback(
             )
             hooks.saved_values = saved_values  # recorded in the rollback's transaction, for `upgrade`
             hooks.batched = batched
+            hooks.batch_rows = batch_rows or DEFAULT_BATCH_ROWS
             if batched and dry_run:
                 notify(
                     "--dry-run computes the whole merge in its one transaction (no batches), "
@@ -228,6 +242,7 @@ def rollback(
                     batch_rows or DEFAULT_BATCH_ROWS,
                     notify,
                     progress,
+                    lambda: list(_heads(runner)),
                 )
                 for fill in fills:
                     fill.add_to(hooks.deferred[fill.position])
@@ -271,9 +286,11 @@ def _run_fills_journaled(
     batch_rows: int | None,
     notify: Notify,
     progress: ProgressReporter,
+    heads: Callable[[], list[str]],
 ) -> list[Fill]:
     """The batches of a committed batched rollback; a failure or interruption is journaled on its
-    run (which stays resumable) before it propagates."""
+    run (which stays resumable, its downgrades committed: `heads` are where they left the database)
+    before it propagates."""
     try:
         return run_fills(
             conn,
@@ -288,10 +305,10 @@ def _run_fills_journaled(
         from dbrollback.api import error_text
 
         status = "failed" if isinstance(exc, Exception) else "interrupted"
-        message = exc.message if isinstance(exc, DbrollbackError) else error_text(exc)
+        message = (exc.message if isinstance(exc, DbrollbackError) else error_text(exc)).rstrip(". ") + "."
         hint = " Its downgrades are committed; finish it with `dbrollback rollback --resume`."
         with contextlib.suppress(psycopg.Error):
-            journal.finish_run(rollback_run_id, status, None, None, message + hint)
+            journal.finish_run(rollback_run_id, status, heads(), None, message + hint)
             audit.record(
                 conn,
                 "rollback",
@@ -301,7 +318,7 @@ def _run_fills_journaled(
             )
         if isinstance(exc, DbrollbackError) or not isinstance(exc, Exception):
             raise
-        raise MigrationFailed(f"The rollback's batches stopped: {error_text(exc)}.{hint}") from exc
+        raise MigrationFailed(f"The rollback's batches stopped: {message}{hint}", resumable=True) from exc
 
 
 def _resume(
@@ -314,31 +331,84 @@ def _resume(
     started: float,
     notify: Notify,
     progress: ProgressReporter,
+    abandon: bool = False,
 ) -> RollbackResult:
-    """Finish the batches of `rollback_run_id`; the report covers the whole rollback."""
+    """Finish the batches of `rollback_run_id` (or give them up: `abandon`); the report covers
+    the whole rollback."""
     from dbrollback.api import guard_connection, timeouts_of
 
     journal = Journal(conn, settings.actor)
+    runner = MigrationRunner(project, database.sqlalchemy_url, timeouts_of(settings))
+    heads = list(guard_connection(database, runner.current_heads))
+    row = conn.execute("SELECT target FROM dbrollback.runs WHERE id = %s", (rollback_run_id,)).fetchone()
+    target = str(row[0]) if row and row[0] else "base"
+    if heads != ([] if target == "base" else [target]):
+        # Something moved the version since (alembic run directly): the work tables were made for
+        # the schema the rollback's downgrades left.
+        raise RefusedForSafety(
+            f"Rollback run {rollback_run_id} left the database at {target}, but it is at "
+            f"{', '.join(heads) or 'base'} now: its batches cannot go on in another schema. Bring the "
+            f"database back to {target}, or give up the batches with `dbrollback rollback --resume "
+            "--abandon`. Nothing was changed.",
+            rollback_run_id=rollback_run_id,
+        )
+    if abandon:
+        return _abandon(settings, conn, journal, rollback_run_id, heads, started, notify)
     conn.execute(
         "UPDATE dbrollback.runs SET status = 'running', finished_at = NULL, error = NULL WHERE id = %s",
         (rollback_run_id,),
     )
     notify(f"Resuming the batches of rollback run {rollback_run_id}")
-    fills = _run_fills_journaled(settings, conn, journal, rollback_run_id, batch_rows, notify, progress)
+    fills = _run_fills_journaled(
+        settings, conn, journal, rollback_run_id, batch_rows, notify, progress, lambda: heads
+    )
     result = _committed_result(fills[0].rollback_report, rollback_run_id)
     for fill in fills:
         (report,) = [t for t in result.tables if t.table == fill.name]  # one revision per table
         fill.add_to(report)
     result.duration_s = round(time.monotonic() - started, 3)
-    runner = MigrationRunner(project, database.sqlalchemy_url, timeouts_of(settings))
-    heads = guard_connection(database, runner.current_heads)
-    journal.finish_run(rollback_run_id, "succeeded", list(heads))
+    journal.finish_run(rollback_run_id, "succeeded", heads)
     audit.record(
         conn,
         "rollback",
         settings.actor,
         run_id=rollback_run_id,
         details={"status": "succeeded", "resumed": True, **result.to_dict()},
+    )
+    return result
+
+
+def _abandon(
+    settings: Settings,
+    conn: psycopg.Connection,
+    journal: Journal,
+    rollback_run_id: int,
+    heads: list[str],
+    started: float,
+    notify: Notify,
+) -> RollbackResult:
+    """Give up the remaining batches: the work tables go, the report says which values were not put
+    back (they are still in the snapshot the rollback read), and nothing claims to be verified."""
+    fills = abandon_fills(conn, rollback_run_id)
+    result = _committed_result(fills[0].rollback_report, rollback_run_id)
+    left = 0
+    for fill in fills:
+        (report,) = [t for t in result.tables if t.table == fill.name]
+        fill.add_to(report)  # an abandoned fill is not finished: the table is not verified
+        left += fill.total_rows - fill.done_n
+    result.notes.append(
+        f"abandoned: {left:,} row(s) did not get their values back; the snapshot(s) the rollback read still "
+        "hold them (`dbrollback verify` / `restore --tables`)"
+    )
+    notify(result.notes[-1])
+    result.duration_s = round(time.monotonic() - started, 3)
+    journal.finish_run(rollback_run_id, "failed", heads, None, result.notes[-1])
+    audit.record(
+        conn,
+        "rollback",
+        settings.actor,
+        run_id=rollback_run_id,
+        details={"status": "abandoned", **result.to_dict()},
     )
     return result
 
@@ -420,10 +490,12 @@ def _use_stored_sources(
 
 
 def _in_checkout(project: AlembicProject, revision: str) -> bool:
+    """`revision` is the exact id of a revision in the checkout (Alembic also resolves prefixes)."""
     try:
-        return project.script.get_revision(revision) is not None
+        script = project.script.get_revision(revision)
     except Exception:  # Alembic raises several kinds for an unknown id
         return False
+    return script is not None and script.revision == revision
 
 
 def _refuse_missing_downgrades(project: AlembicProject, plan: RollbackPlan) -> None:

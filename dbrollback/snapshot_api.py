@@ -422,6 +422,9 @@ def restore(settings: Settings, *, snapshot_id: str | None = None, to_time: date
         ensure_catalog(conn)
         acquire(conn, settings.lock_wait)  # no upgrade or other restore runs meanwhile
         try:
+            from dbrollback.api import refuse_pending_batched_rollback
+
+            refuse_pending_batched_rollback(conn)
             audit.record(conn, "restore", settings.actor,
                          details={"status": "started", "allow_cascade": allow_cascade,
                                   "plans": [p.to_dict() for p in plans]})  # fmt: skip

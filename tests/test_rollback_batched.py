@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 
@@ -56,10 +57,8 @@ def _stall(database_url: str) -> psycopg.Connection:
     return holder
 
 
-def test_a_batch_that_times_out_stops_resumably_and_resume_finishes(project, cli, db, database_url, tmp_path):
-    _accounts(project, *DROP_LEGACY)
-    store = tmp_path / "store"
-    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+def _stopped_at_row_45(cli, db, database_url: str, store: Path):
+    """A --batched rollback of the 60 accounts whose third batch (ids 41-60) times out on row 45."""
     _fill(db, 60)
     _stalling_trigger(db, 45)
     _upgrade(cli, database_url, store)
@@ -72,10 +71,16 @@ def test_a_batch_that_times_out_stops_resumably_and_resume_finishes(project, cli
     finally:
         holder.close()
     assert stopped.code == 4, stopped.err
-    assert (
-        stopped.json["error"] == "migration_failed"
-        and "dbrollback rollback --resume" in stopped.json["message"]
-    )
+    return stopped
+
+
+def test_a_batch_that_times_out_stops_resumably_and_resume_finishes(project, cli, db, database_url, tmp_path):
+    _accounts(project, *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    stopped = _stopped_at_row_45(cli, db, database_url, store)
+    assert stopped.json["error"] == "migration_failed" and stopped.json["resumable"] is True
+    assert "dbrollback rollback --resume" in stopped.json["message"]
     assert "lock" in stopped.json["message"] and "Traceback" not in stopped.err
     # the downgrade and the batches of ids 1-20 and 21-40 committed; the one with id 45 did not
     assert _version(db) == [("r1",)]
@@ -91,10 +96,11 @@ def test_a_batch_that_times_out_stops_resumably_and_resume_finishes(project, cli
         "rows": 60,
     }
     assert "rollback --resume" in cli("status", *_args(database_url, store)).out
-    # nothing else runs until it is finished: not another rollback, not an upgrade
-    for command in (["rollback", "--yes"], ["upgrade"]):
+    # nothing else runs until it is finished: not another rollback, not an upgrade, not a restore
+    (snapshot,) = [s["id"] for s in cli("snapshot", "list", "--json", *_args(database_url, store)).json]
+    for command in (["rollback", "--yes"], ["upgrade"], ["restore", "--snapshot", snapshot, "--yes"]):
         refused = cli(*command, *_args(database_url, store))
-        assert refused.code == 3 and "--resume" in refused.err, refused.err
+        assert refused.code == 3 and "--resume" in refused.err, (command, refused.err)
     assert _version(db) == [("r1",)]
 
     resumed = _rollback(cli, database_url, store, "--resume")
@@ -187,6 +193,8 @@ def test_batched_usage_errors_and_dry_run(project, cli, db, database_url, tmp_pa
         ["--batch-rows", "0"],
         ["--resume", "--dry-run"],
         ["--resume", "--steps", "1"],
+        ["--batch-rows", "10"],
+        ["--abandon"],
     ]
     for extra in wrong:
         result = cli("rollback", "--yes", *extra, *_args(database_url, store))
@@ -196,3 +204,80 @@ def test_batched_usage_errors_and_dry_run(project, cli, db, database_url, tmp_pa
     dry = _rollback(cli, database_url, store, "--batched", "--dry-run")
     assert dry["dry_run"] and _table(dry, "public.accounts")["restored_rows"] == 20 and dry["verified"]
     assert _version(db) == [("r2",)] and _fills(db) == []
+
+
+def test_a_value_a_later_write_makes_break_a_constraint_is_kept_as_a_conflict(
+    project, cli, db, database_url, tmp_path
+):
+    _accounts(project, DROP_LEGACY[0], 'op.add_column("accounts", sa.Column("legacy", sa.Text, unique=True))')
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("ALTER TABLE accounts ADD CONSTRAINT accounts_legacy_key UNIQUE (legacy)")
+    _stopped_at_row_45(cli, db, database_url, store)
+    # between the batches the application (its previous version again) takes row 50's old value
+    db.execute("INSERT INTO accounts (id, email, legacy) VALUES (1000, 'app', 'L50')")
+
+    doc = _rollback(cli, database_url, store, "--resume")
+    table = _table(doc, "public.accounts")
+    assert doc["verified"] and table["verified"]
+    assert (table["restored_rows"], table["kept_rows"], table["conflicts"]) == (59, 1, 1)
+    (example,) = table["conflict_examples"]
+    assert example["key"] == {"id": 50} and example["column"] == "legacy"
+    assert example["current"].startswith("not put back: duplicate key value")
+    assert _rows(db, "SELECT id, legacy FROM accounts WHERE id IN (49, 50, 51, 1000) ORDER BY id") == [
+        (49, "L49"),
+        (50, None),
+        (51, "L51"),
+        (1000, "L50"),
+    ]
+
+
+def test_resume_refuses_another_schema_and_abandon_gives_the_rest_up(
+    project, cli, db, database_url, tmp_path
+):
+    _accounts(project, *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _stopped_at_row_45(cli, db, database_url, store)
+    rollback_id = doc_run_id(db)
+    # someone moved the version behind dbrollback's back: the batches were made for r1's schema
+    db.execute("UPDATE alembic_version SET version_num = 'r2'")
+    moved = cli("rollback", "--resume", "--json", *_args(database_url, store))
+    assert moved.code == 3 and "--abandon" in moved.json["message"]
+    assert _rows(db, "SELECT count(legacy) FROM accounts") == [(40,)]
+    db.execute("UPDATE alembic_version SET version_num = 'r1'")
+    assert cli("rollback", "--resume", "--abandon", *_args(database_url, store)).code == 3  # no --yes
+
+    doc = _rollback(cli, database_url, store, "--resume", "--abandon", code=1)
+    table = _table(doc, "public.accounts")
+    assert not doc["verified"] and not table["verified"] and table["restored_rows"] == 40
+    assert _rows(db, "SELECT count(legacy) FROM accounts") == [(40,)]  # nothing more was written
+    assert _fills(db) == [("public.accounts", 60, 40, 2, True, False)]
+    assert _rows(db, "SELECT status FROM dbrollback.runs WHERE id = %s", (rollback_id,)) == [("failed",)]
+    # given up, so nothing is held any more: the next upgrade runs
+    assert cli("status", "--json", *_args(database_url, store)).json["unfinished_batched_rollback"] is None
+    _upgrade(cli, database_url, store)
+    assert _version(db) == [("r2",)]
+
+
+def test_a_later_downgrade_changing_a_deferred_table_rolls_everything_back(
+    project, cli, db, database_url, tmp_path
+):
+    # run 1 creates the table (its downgrade drops it), run 2 drops a column: rolled back together,
+    # the batches of run 2's table would have no table to write to
+    project.add_revision(
+        "r1",
+        None,
+        'op.create_table("accounts", sa.Column("id", sa.Integer, primary_key=True), sa.Column("legacy", sa.Text))',
+        'op.drop_table("accounts")',
+    )
+    project.add_revision("r2", "r1", *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO accounts SELECT g, 'L' || g FROM generate_series(1, 20) g")
+    _upgrade(cli, database_url, store)
+    failed = cli("rollback", "--yes", "--json", "--batched", "--steps", "2", *_args(database_url, store))
+    assert failed.code == 4 and "--batched" in failed.json["message"], failed.out
+    assert failed.json.get("resumable") is None
+    assert _version(db) == [("r2",)] and _fills(db) == []
+    assert _rows(db, "SELECT count(*) FROM accounts") == [(20,)]

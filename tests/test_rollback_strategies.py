@@ -428,3 +428,26 @@ def test_restore_counts_only_the_writes_since_into_columns_the_migration_added(
     table = _table(doc, "public.people")
     assert table["lost_writes"] == 3 and table["verified"] and table["lost_values_saved_to"]
     assert _rows(db, "SELECT id, name FROM people ORDER BY id") == [(g, f"Ann  Lee{g}") for g in range(1, 11)]
+
+
+def test_restore_adds_back_a_dropped_serial_column_with_its_sequence(
+    project, cli, db, database_url, tmp_path
+):
+    project.add_revision(
+        "r1",
+        None,
+        'op.execute("CREATE TABLE things (id integer PRIMARY KEY, counter serial NOT NULL, name text)")',
+    )
+    project.add_revision("r2", "r1", 'op.drop_column("things", "counter")', RAISING)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO things (id, name) SELECT g, 'n' || g FROM generate_series(1, 10) g")
+    _upgrade(cli, database_url, store)
+
+    doc = _rollback(cli, database_url, store, "--strategy", "restore")
+    assert doc["verified"] and doc["schema_matches"], doc["schema_differences"]
+    assert _rows(db, "SELECT count(*) FROM things WHERE counter <> id") == [(0,)]
+    # the column's sequence is back, owned by it, and goes on after the restored values
+    assert _rows(db, "SELECT pg_get_serial_sequence('things', 'counter')") == [("public.things_counter_seq",)]
+    db.execute("INSERT INTO things (id, name) VALUES (11, 'after')")
+    assert _rows(db, "SELECT counter FROM things WHERE id = 11") == [(11,)]

@@ -122,6 +122,12 @@ def render_result(console: Console, result: RollbackResult) -> None:
     help="Finish a --batched rollback whose batches were interrupted (killed, lost connection, lock "
     "timeout).",
 )
+@click.option(
+    "--abandon",
+    is_flag=True,
+    help="With --resume: give up the remaining batches instead (their values stay in the snapshot; "
+    "the rollback is reported not verified).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @migration_options
 @global_options
@@ -136,6 +142,7 @@ def rollback(
     batched: bool,
     batch_rows: int | None,
     resume: bool,
+    abandon: bool,
     yes: bool,
 ) -> int:
     """Undo an upgrade run: downgrade its revisions and merge back the data they destroyed.
@@ -161,6 +168,14 @@ def rollback(
 
     if batched and strategy != "merge":
         raise ConfigError("--batched applies to --strategy merge only")
+
+    if abandon and not yes and not state.json and sys.stdin.isatty():
+        if not click.confirm(
+            "Give up the remaining batches (their values are not put back)?", default=False, err=True
+        ):
+            raise RefusedForSafety("Not confirmed; nothing was changed")
+    elif abandon and not yes:
+        raise RefusedForSafety("--abandon gives up values: pass --yes (no terminal to confirm on)")
 
     if not dry_run and not yes and not resume:
         if state.json or not sys.stdin.isatty():
@@ -203,6 +218,7 @@ def rollback(
             batched=batched,
             batch_rows=batch_rows,
             resume=resume,
+            abandon=abandon,
         )
     if state.json:
         console.emit_json(result.to_dict())

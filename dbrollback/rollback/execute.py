@@ -23,7 +23,7 @@ from dbrollback.check.schema import capture_schema, diff_schemas
 from dbrollback.check.tables import VersionTable
 from dbrollback.database import Notify
 from dbrollback.errors import DbrollbackError, RefusedForSafety
-from dbrollback.rollback.fill import record_rollback_report
+from dbrollback.rollback.fill import DEFAULT_BATCH_ROWS, check_still_fillable, record_rollback_report
 from dbrollback.rollback.merge import TableMerge, merge, prepare
 from dbrollback.rollback.plan import RollbackPlan
 from dbrollback.rollback.report import RollbackResult, TableReport
@@ -64,6 +64,7 @@ class RollbackHooks:
         self._number = 0
         self._hasher: Hasher | None = None
         self.batched = False  # --batched: values put back by fill.py after the transaction
+        self.batch_rows = DEFAULT_BATCH_ROWS
         self.deferred: dict[int, TableReport] = {}  # fill position -> the table's report
 
     def _driver(self, connection: Connection) -> psycopg.Connection:
@@ -102,7 +103,7 @@ class RollbackHooks:
                 report,
             )
             if self.batched and not self.result.dry_run:
-                m.batched_run_id = self.rollback_run_id
+                m.batched_run_id, m.batch_rows = self.rollback_run_id, self.batch_rows
             prepare(conn, self._hasher, m)
             merges.append(m)
         self._merges[step.revision] = merges
@@ -195,6 +196,7 @@ class RollbackHooks:
             self.result.schema_differences = [d.to_dict() for d in differences]
         if self.rollback_run_id is not None:
             if self.deferred:
+                check_still_fillable(conn, self.rollback_run_id)
                 record_rollback_report(conn, self.rollback_run_id, self.result.to_dict())
             mark_reverted(conn, self.rollback_run_id, self.plan.run.id)
             for run in self.plan.runs[1:]:

@@ -32,7 +32,7 @@ from dbrollback.database import Notify
 from dbrollback.errors import MigrationFailed
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.rollback.report import MAX_CONFLICT_EXAMPLES, TableReport
-from dbrollback.rollback.sqlparts import Hasher, key_json, keys_equal, names
+from dbrollback.rollback.sqlparts import Hasher, key_json, keys_equal, live_columns, names
 from dbrollback.snapshot.checksum import pin_text_settings
 
 ORDINAL = "_dbrb_n"
@@ -92,6 +92,12 @@ def work_table_name(rollback_run_id: int, number: int) -> str:
     return f"_dbrb_fill_{rollback_run_id}_{number}"
 
 
+def _preimage(i: int) -> str:
+    """The work table's column with the hash of the i-th pre-image value the row should get back
+    (NULL: a write made since the migration is kept instead)."""
+    return f"_dbrb_p{i}"
+
+
 def defer(
     conn: psycopg.Connection,
     hasher: Hasher,
@@ -101,23 +107,25 @@ def defer(
     schema: str,
     table: str,
     key: list[str],
-    values: list[tuple[str, str, sql.Composable]],
+    values: list[tuple[str, str, sql.Composable, sql.Composable]],
     source: sql.Composable,
     where: sql.Composable,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> int:
     """In the rollback's transaction, instead of ``UPDATE t SET column = value FROM source WHERE
-    where``: record those rows and values (`values`: column, live type, expression) for the
-    batches; returns how many rows they are."""
+    where``: record those rows for the batches; `values`: (column, live type, value, hash of the
+    pre-image value or NULL). Returns how many rows they are."""
     work = work_table_name(rollback_run_id, number)
     selected: list[sql.Composable] = [
         sql.SQL("row_number() OVER () AS {}").format(sql.Identifier(ORDINAL)),
         names(key, "t"),
     ]
-    for i, (column, type_name, value) in enumerate(values):
-        selected.append(sql.SQL("({})::{} AS {}").format(value, sql.SQL(type_name), sql.Identifier(column)))
-        selected.append(
-            sql.SQL("{} AS {}").format(hasher.value("t", column, type_name), sql.Identifier(_before(i)))
-        )
+    for i, (column, type_name, value, preimage) in enumerate(values):
+        selected += [
+            sql.SQL("({})::{} AS {}").format(value, sql.SQL(type_name), sql.Identifier(column)),
+            sql.SQL("{} AS {}").format(hasher.value("t", column, type_name), sql.Identifier(_before(i))),
+            sql.SQL("{} AS {}").format(preimage, sql.Identifier(_preimage(i))),
+        ]
     with pinned_text_settings(conn):
         conn.execute(
             sql.SQL("CREATE TABLE {} AS SELECT {} FROM {} AS t, {} WHERE {}").format(
@@ -136,8 +144,8 @@ def defer(
     total = int(row[0]) if row else 0
     conn.execute(
         """INSERT INTO dbrollback.rollback_fills (rollback_run_id, position, table_schema, table_name,
-               work_table, key_columns, columns, column_types, total_rows)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+               work_table, key_columns, columns, column_types, total_rows, batch_rows)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (
             rollback_run_id,
             number,
@@ -145,12 +153,33 @@ def defer(
             table,
             work,
             key,
-            [c for c, _, _ in values],
-            [t for _, t, _ in values],
+            [c for c, _, _, _ in values],
+            [t for _, t, _, _ in values],
             total,
+            batch_rows,
         ),
     )
     return total
+
+
+def check_still_fillable(conn: psycopg.Connection, rollback_run_id: int) -> None:
+    """In the rollback's transaction, after its last downgrade: every deferred table still has the
+    columns (and types) its batches will write; an older revision's downgrade may have changed it.
+    Raising here rolls the whole rollback back, so a batch can never be stuck on a missing table."""
+    for f in fills_of(conn, rollback_run_id):
+        now = live_columns(conn, f.schema, f.table)
+        changed = [
+            c
+            for c, t in zip(f.columns, f.types, strict=True)
+            if now is None or c not in now or now[c].type != t
+        ]
+        if changed:
+            raise MigrationFailed(
+                f"--batched: a later downgrade of this rollback changed {f.name} ({', '.join(changed)}) "
+                "after its values were set aside for the batches; roll the runs back one at a time, or "
+                "without --batched. The rollback was rolled back; nothing was changed.",
+                table=f.name,
+            )
 
 
 def record_rollback_report(conn: psycopg.Connection, rollback_run_id: int, report: dict[str, Any]) -> None:
@@ -197,10 +226,29 @@ def pending_progress(conn: psycopg.Connection) -> tuple[int, int, int] | None:
     return run_id, sum(f.done_n for f in fills), sum(f.total_rows for f in fills)
 
 
+def abandon_fills(conn: psycopg.Connection, rollback_run_id: int) -> list[Fill]:
+    """Give up the unfinished batches of `rollback_run_id`: their work tables are dropped and they
+    count as not verified; returns every fill of that rollback."""
+    fills = fills_of(conn, rollback_run_id)
+    with conn.transaction():
+        for f in fills:
+            if f.finished:
+                continue
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(f.work))
+            conn.execute(
+                "UPDATE dbrollback.rollback_fills SET finished_at = clock_timestamp(), verified = false "
+                "WHERE rollback_run_id = %s AND position = %s",
+                (f.rollback_run_id, f.position),
+            )
+            f.finished, f.verified = True, False
+    return fills
+
+
 def resume_hint(run_id: int) -> str:
     return (
         f"Rollback run {run_id} has committed its downgrades but not yet put back every value (its batches "
-        "were interrupted). Finish it first: `dbrollback rollback --resume`."
+        "were interrupted). Finish it first: `dbrollback rollback --resume` (or give the rest up: "
+        "`--resume --abandon`)."
     )
 
 
@@ -218,11 +266,6 @@ def run_fills(
     the dbrollback lock); returns every fill of that rollback, finished ones included.
     `batch_rows` None: the size the rollback started with (a resume goes on as it began)."""
     fills = fills_of(conn, rollback_run_id)
-    if batch_rows is not None:
-        conn.execute(
-            "UPDATE dbrollback.rollback_fills SET batch_rows = %s WHERE rollback_run_id = %s",
-            (batch_rows, rollback_run_id),
-        )
     hasher = Hasher(conn)
     for f in fills:
         if f.finished:
@@ -243,6 +286,7 @@ def run_fills(
             )
             task.advance(f.done_n - low)
         task.finish()
+        last = all(other.finished for other in fills if other is not f)
         with conn.transaction():
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(f.work))
             conn.execute(
@@ -250,6 +294,12 @@ def run_fills(
                 "WHERE rollback_run_id = %s AND position = %s",
                 (f.rollback_run_id, f.position),
             )
+            if last:  # with the last batch's table, or a kill right after would leave it "interrupted"
+                conn.execute(
+                    "UPDATE dbrollback.runs SET status = 'succeeded', finished_at = clock_timestamp(), "
+                    "error = NULL WHERE id = %s",
+                    (rollback_run_id,),
+                )
         f.finished = True
         notify(
             f"{f.name}: {f.restored_rows:,} row(s) put back in {f.batches:,} batch(es), "
@@ -271,85 +321,107 @@ def _batch_with_retries(
         try:
             _batch(conn, hasher, f, high, lock_timeout_ms)
             return
-        except psycopg.errors.LockNotAvailable:
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+            what = "a deadlock" if isinstance(exc, psycopg.errors.DeadlockDetected) else "the lock timeout"
             if attempt == lock_retries:
                 raise MigrationFailed(
-                    f"{f.name}: a batch could not lock its rows within the lock timeout "
-                    f"{lock_retries + 1} time(s); {f.done_n:,} of {f.total_rows:,} rows are done. "
-                    "Resume with `dbrollback rollback --resume`.",
+                    f"{f.name}: a batch could not lock its rows ({what}) {lock_retries + 1} time(s); "
+                    f"{f.done_n:,} of {f.total_rows:,} rows are done. Resume with "
+                    "`dbrollback rollback --resume`.",
                     table=f.name,
+                    resumable=True,
                 ) from None
             delay = min(2.0**attempt, 30.0)
-            notify(f"{f.name}: lock timeout, retrying the batch in {delay:g} s")
+            notify(f"{f.name}: {what}, retrying the batch in {delay:g} s")
             time.sleep(delay)
 
 
 def _batch(conn: psycopg.Connection, hasher: Hasher, f: Fill, high: int, lock_timeout_ms: int) -> None:
     """Rows done_n < n <= high of the work table, in one transaction with its progress."""
     low = f.done_n
-    within = sql.SQL("{} AND w.{} > {} AND w.{} <= {}").format(
-        keys_equal(f.key, "t", "w"),
-        sql.Identifier(ORDINAL),
-        sql.Literal(low),
-        sql.Identifier(ORDINAL),
-        sql.Literal(high),
+    in_batch = sql.SQL("w.{} > {} AND w.{} <= {}").format(
+        sql.Identifier(ORDINAL), sql.Literal(low), sql.Identifier(ORDINAL), sql.Literal(high)
     )
+    typed = list(enumerate(zip(f.columns, f.types, strict=True)))
     unchanged = [  # the live value is still what the downgrade left: nobody wrote it since
         sql.SQL("{} IS NOT DISTINCT FROM w.{}").format(hasher.value("t", c, t), sql.Identifier(_before(i)))
-        for i, (c, t) in enumerate(zip(f.columns, f.types, strict=True))
+        for i, (c, t) in typed
     ]
-    sets = [
+    sets = sql.SQL(", ").join(
         sql.SQL("{} = CASE WHEN {} THEN w.{} ELSE t.{} END").format(
             sql.Identifier(c), unchanged[i], sql.Identifier(c), sql.Identifier(c)
         )
         for i, c in enumerate(f.columns)
-    ]
-    put_back = [
-        hasher.differs(c, ("t", t), ("w", t)) for c, t in zip(f.columns, f.types, strict=True)
-    ]  # true: not back
+    )
+    put_back = [hasher.differs(c, ("t", t), ("w", t)) for _, (c, t) in typed]  # true: not put back
     gained = [  # the column holds the value put back, and that is a change from the downgrade's
         sql.SQL("(NOT {} AND {} IS DISTINCT FROM w.{})").format(
             put_back[i], hasher.value("w", c, t), sql.Identifier(_before(i))
         )
-        for i, (c, t) in enumerate(zip(f.columns, f.types, strict=True))
+        for i, (c, t) in typed
     ]
-    wrong = [sql.SQL("({} AND {})").format(put_back[i], unchanged[i]) for i in range(len(f.columns))]
+    wrong = [  # not put back though nobody wrote it since; or put back but not the pre-image's value
+        sql.SQL("(({} AND {}) OR (NOT {} AND w.{} IS NOT NULL AND {} IS DISTINCT FROM w.{}))").format(
+            put_back[i],
+            unchanged[i],
+            put_back[i],
+            sql.Identifier(_preimage(i)),
+            hasher.value("t", c, t),
+            sql.Identifier(_preimage(i)),
+        )
+        for i, (c, t) in typed
+    ]
+    update = sql.SQL("UPDATE {} AS t SET {} FROM {} AS w WHERE {} AND ").format(
+        f.live, sets, f.work, keys_equal(f.key, "t", "w")
+    )
+    refused: dict[int, str] = {}  # n -> why a constraint refused that row its values
     with conn.transaction():
         pin_text_settings(conn)  # SET LOCAL: this transaction is the batch's own
         conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
-        conn.execute(
-            sql.SQL("UPDATE {} AS t SET {} FROM {} AS w WHERE {}").format(
-                f.live, sql.SQL(", ").join(sets), f.work, within
-            )
-        )
-        # Verification, while the UPDATE still holds these rows: each holds the value put back or
-        # one written since the downgrade; never the downgrade's own value instead of the pre-image.
+        try:
+            with conn.transaction():
+                conn.execute(update + in_batch)
+        except psycopg.errors.IntegrityError:
+            # A write since the downgrade makes a value break a constraint (a unique value taken, a
+            # parent deleted): row by row, and those rows keep what they hold, as conflicts.
+            refused = _row_by_row(conn, f, update, in_batch)
+        # Verification, while the UPDATE still holds these rows: each holds the value put back (the
+        # pre-image's, as hashed when the rollback set it aside) or one written since the downgrade.
         row = conn.execute(
             sql.SQL(
                 "SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}) "
-                "FROM {} AS w JOIN {} AS t ON {}"
+                "FROM {} AS w JOIN {} AS t ON {} WHERE {} AND NOT (w.{} = ANY(%s))"
             ).format(
                 sql.SQL(" OR ").join(gained),
                 sql.SQL(" OR ").join(put_back),
                 sql.SQL(" OR ").join(wrong),
                 f.work,
                 f.live,
-                within,
-            )
+                keys_equal(f.key, "t", "w"),
+                in_batch,
+                sql.Identifier(ORDINAL),
+            ),
+            (list(refused),),
         ).fetchone()
         assert row is not None
         restored, kept, wrong_rows = (int(v) for v in row)
         if wrong_rows:
             raise MigrationFailed(
                 f"{f.name}: verification failed in the batch of rows {low + 1:,}-{high:,}: {wrong_rows:,} "
-                "row(s) hold neither the value put back nor a later write; the batch was rolled back "
+                "row(s) hold neither the pre-image's value nor a later write; the batch was rolled back "
                 f"({low:,} of {f.total_rows:,} rows are done)",
                 table=f.name,
+                resumable=True,
             )
-        examples: list[dict[str, Any]] = []
+        kept += len(refused)
         room = MAX_CONFLICT_EXAMPLES - len(f.conflict_examples)
-        if kept and room > 0:
-            examples = _examples(conn, hasher, f, within, put_back, room)
+        examples = _refused_examples(conn, f, refused, room)
+        room -= len(examples)
+        if kept > len(refused) and room > 0:
+            not_refused = sql.SQL("{} AND NOT (w.{} = ANY({}))").format(
+                in_batch, sql.Identifier(ORDINAL), sql.Literal(list(refused))
+            )
+            examples += _examples(conn, hasher, f, not_refused, put_back, room)
         conn.execute(
             """UPDATE dbrollback.rollback_fills SET done_n = %s, restored_rows = restored_rows + %s,
                    kept_rows = kept_rows + %s, batches = batches + 1,
@@ -364,11 +436,46 @@ def _batch(conn: psycopg.Connection, hasher: Hasher, f: Fill, high: int, lock_ti
     f.conflict_examples.extend(examples)
 
 
+def _row_by_row(
+    conn: psycopg.Connection, f: Fill, update: sql.Composed, in_batch: sql.Composable
+) -> dict[int, str]:
+    refused: dict[int, str] = {}
+    ordinals = conn.execute(
+        sql.SQL("SELECT w.{} FROM {} AS w WHERE {} ORDER BY 1").format(
+            sql.Identifier(ORDINAL), f.work, in_batch
+        )
+    ).fetchall()
+    for (n,) in ordinals:
+        try:
+            with conn.transaction():
+                conn.execute(update + sql.SQL("w.{} = {}").format(sql.Identifier(ORDINAL), sql.Literal(n)))
+        except psycopg.errors.IntegrityError as exc:
+            refused[int(n)] = f"not put back: {exc.diag.message_primary or exc}"
+    return refused
+
+
+def _refused_examples(
+    conn: psycopg.Connection, f: Fill, refused: dict[int, str], limit: int
+) -> list[dict[str, Any]]:
+    if not refused or limit <= 0:
+        return []
+    rows = conn.execute(
+        sql.SQL("SELECT w.{}, {} FROM {} AS w WHERE w.{} = ANY(%s) ORDER BY 1 LIMIT {}").format(
+            sql.Identifier(ORDINAL), key_json(f.key, "w"), f.work, sql.Identifier(ORDINAL), sql.Literal(limit)
+        ),
+        (list(refused),),
+    ).fetchall()
+    return [
+        {"key": k, "column": ", ".join(f.columns), "current": refused[int(n)], "preimage": None}
+        for n, k in rows
+    ]
+
+
 def _examples(
     conn: psycopg.Connection,
     hasher: Hasher,
     f: Fill,
-    within: sql.Composable,
+    in_batch: sql.Composable,
     put_back: list[sql.Composable],
     limit: int,
 ) -> list[dict[str, Any]]:
@@ -377,14 +484,15 @@ def _examples(
     for i, c in enumerate(f.columns):
         rows = conn.execute(
             sql.SQL(
-                "SELECT {}, t.{}::text, w.{}::text FROM {} AS w JOIN {} AS t ON {} WHERE {} LIMIT {}"
+                "SELECT {}, t.{}::text, w.{}::text FROM {} AS w JOIN {} AS t ON {} WHERE {} AND {} LIMIT {}"
             ).format(
                 key_json(f.key, "t"),
                 sql.Identifier(c),
                 sql.Identifier(c),
                 f.work,
                 f.live,
-                within,
+                keys_equal(f.key, "t", "w"),
+                in_batch,
                 put_back[i],
                 sql.Literal(limit - len(found)),
             )

@@ -23,7 +23,7 @@ from psycopg import sql
 from dbrollback.catalog import OBJECT_PREFIX, SCHEMA
 from dbrollback.catalog.fingerprints import TABLE_GONE, Fingerprint, pinned_text_settings
 from dbrollback.errors import MigrationFailed, RefusedForSafety
-from dbrollback.rollback.fill import defer
+from dbrollback.rollback.fill import DEFAULT_BATCH_ROWS, defer
 from dbrollback.rollback.report import MAX_CONFLICT_EXAMPLES, TableReport
 from dbrollback.rollback.sqlparts import (
     Hasher,
@@ -81,6 +81,7 @@ class TableMerge:
     insertable: list[str] = field(default_factory=list)
     # --batched: the rollback run whose batches put the values back after its transaction (fill.py)
     batched_run_id: int | None = None
+    batch_rows: int = DEFAULT_BATCH_ROWS
     deferred_rows: int | None = None  # rows left to those batches (None: not deferred)
 
     @property
@@ -324,12 +325,13 @@ def _merge_rows(
                 schema=m.fingerprint.schema,
                 table=m.fingerprint.table,
                 key=key,
-                values=[(c, after[c].type, v) for c, v in values],
+                values=[(c, after[c].type, v, h) for c, v, h in values],
                 source=source,
                 where=where,
+                batch_rows=m.batch_rows,
             )
         else:
-            sets = [sql.SQL("{} = {}").format(sql.Identifier(c), v) for c, v in values]
+            sets = [sql.SQL("{} = {}").format(sql.Identifier(c), v) for c, v, _ in values]
             update = sql.SQL("UPDATE {} AS t SET {} FROM {} WHERE {}").format(
                 m.live, sql.SQL(", ").join(sets), source, where
             )
@@ -369,12 +371,13 @@ def _merge_rows(
 
 def _restore_statement(
     hasher: Hasher, m: TableMerge, dropped: list[str]
-) -> tuple[list[tuple[str, sql.Composable]], sql.Composable, sql.Composable]:
+) -> tuple[list[tuple[str, sql.Composable, sql.Composable]], sql.Composable, sql.Composable]:
     """``UPDATE live AS t SET column = value, … FROM source WHERE where``, as its parts: the
-    columns put back (with their values), and the rows that get at least one value back."""
+    columns put back (with their values and the hash of the pre-image value the row should get, NULL
+    where a write since the migration is kept), and the rows that get at least one value back."""
     key, pre_types, after = m.key, m.pre_types, m.columns_after_rollback
-    values: list[tuple[str, sql.Composable]] = [
-        (c, sql.SQL("p.{}").format(sql.Identifier(c))) for c in dropped
+    values: list[tuple[str, sql.Composable, sql.Composable]] = [
+        (c, sql.SQL("p.{}").format(sql.Identifier(c)), hasher.value("p", c, pre_types[c])) for c in dropped
     ]
     wanted: list[sql.Composable] = [
         hasher.differs(c, ("p", pre_types[c]), ("t", after[c].type)) for c in dropped
@@ -387,6 +390,9 @@ def _restore_statement(
                 c,
                 sql.SQL("CASE WHEN s.{} THEN t.{} ELSE p.{} END").format(
                     sql.Identifier(_flag(i)), sql.Identifier(c), sql.Identifier(c)
+                ),
+                sql.SQL("CASE WHEN s.{} THEN NULL ELSE {} END").format(
+                    sql.Identifier(_flag(i)), hasher.value("p", c, pre_types[c])
                 ),
             )
         )

@@ -150,7 +150,8 @@ def choose_runs(
             )
     else:
         assert to is not None
-        to = _resolve_prefix(to, candidates)
+        if not known_revision(to):  # an exact id is never taken for a prefix of another one
+            to = _resolve_prefix(to, candidates)
         for run in candidates:
             chosen.append(run)
             if _start(run) == to:

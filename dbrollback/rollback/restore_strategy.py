@@ -181,14 +181,14 @@ def _lost_writes(
             )
         )
     for c in [c for c in live if c not in pre and not live[c].generated]:  # added by the migration
-        hash_column = f.added_columns.get(c)
-        if hash_column is None or live[c].type != f.column_types.get(c):
+        added_hash = f.added_columns.get(c)
+        if added_hash is None or live[c].type != f.column_types.get(c):
             # Not hashed (fingerprinted before catalog v7) or retyped since: every value counts.
             written.append(sql.SQL("{} IS NOT NULL").format(sql.Identifier("t", c)))
         else:  # only values written since: not the ones the migration itself put there
             written.append(
                 sql.SQL("{} IS DISTINCT FROM {}").format(
-                    hasher.value("t", c, live[c].type), sql.Identifier("f", hash_column)
+                    hasher.value("t", c, live[c].type), sql.Identifier("f", added_hash)
                 )
             )
     updated = 0
@@ -274,6 +274,9 @@ def _one_statement(conn: psycopg.Connection, statement: sql.Composed) -> None:
 
 
 def _finish_added_columns(conn: psycopg.Connection, r: TableRestore) -> None:
+    """Defaults and NOT NULL of the columns added back, once their values are in; a serial column's
+    sequence went with the column the migration dropped: made again, owned by the column."""
+    sequences = _recreate_serial_sequences(conn, r.tm, r.name, only=[c.name for c in r.added_back])
     for c in r.added_back:
         column = sql.Identifier(c.name)
         if c.default is not None:
@@ -285,6 +288,12 @@ def _finish_added_columns(conn: psycopg.Connection, r: TableRestore) -> None:
             )
         if not c.nullable:
             conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(r.live, column))
+    for schema, name, column_name in sequences:
+        conn.execute(
+            sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+                sql.Identifier(schema, name), sql.Identifier(*r.name, column_name)
+            )
+        )
 
 
 _NEXTVAL = re.compile(r"^nextval\('((?:[^']|'')+)'::regclass\)$")
@@ -292,12 +301,15 @@ _SERIAL_TYPES = {"smallint", "integer", "bigint"}
 
 
 def _recreate_serial_sequences(
-    conn: psycopg.Connection, tm: TableManifest, table: tuple[str, str]
+    conn: psycopg.Connection, tm: TableManifest, table: tuple[str, str], only: list[str] | None = None
 ) -> list[tuple[str, str, str]]:
-    """A serial column's sequence went with its table when the migration dropped it: create it again
-    (before the table, whose default names it), to be owned by the column once the table exists."""
+    """A serial column's sequence went with its table (or column) when the migration dropped it:
+    create it again (before the default that names it), to be owned by the column once it exists.
+    `only`: just these columns."""
     created: list[tuple[str, str, str]] = []
     for c in tm.columns:
+        if only is not None and c.name not in only:
+            continue
         found = _NEXTVAL.match(c.default or "")
         if found is None or c.type not in _SERIAL_TYPES:
             continue
