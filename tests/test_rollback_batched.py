@@ -209,10 +209,19 @@ def test_batched_usage_errors_and_dry_run(project, cli, db, database_url, tmp_pa
 def test_a_value_a_later_write_makes_break_a_constraint_is_kept_as_a_conflict(
     project, cli, db, database_url, tmp_path
 ):
-    _accounts(project, DROP_LEGACY[0], 'op.add_column("accounts", sa.Column("legacy", sa.Text, unique=True))')
+    _accounts(
+        project,
+        DROP_LEGACY[0],
+        'op.add_column("accounts", sa.Column("legacy", sa.Text))\n'
+        'op.execute("ALTER TABLE accounts ADD CONSTRAINT accounts_legacy_key UNIQUE (legacy) '
+        'DEFERRABLE INITIALLY DEFERRED")',
+    )
     store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
-    db.execute("ALTER TABLE accounts ADD CONSTRAINT accounts_legacy_key UNIQUE (legacy)")
+    # deferred: checked at COMMIT unless the batch asks for it per statement
+    db.execute(
+        "ALTER TABLE accounts ADD CONSTRAINT accounts_legacy_key UNIQUE (legacy) DEFERRABLE INITIALLY DEFERRED"
+    )
     _stopped_at_row_45(cli, db, database_url, store)
     # between the batches the application (its previous version again) takes row 50's old value
     db.execute("INSERT INTO accounts (id, email, legacy) VALUES (1000, 'app', 'L50')")

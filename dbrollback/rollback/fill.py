@@ -378,6 +378,9 @@ def _batch(conn: psycopg.Connection, hasher: Hasher, f: Fill, high: int, lock_ti
     with conn.transaction():
         pin_text_settings(conn)  # SET LOCAL: this transaction is the batch's own
         conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
+        # Deferred constraints checked per statement, so a violation is a row's conflict below and
+        # never a COMMIT that fails the same way on every resume.
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
         try:
             with conn.transaction():
                 conn.execute(update + in_batch)
