@@ -74,11 +74,11 @@ def _state(db: psycopg.Connection) -> tuple:
 
 
 def _start_rollback(
-    project: Project, database_url: str, store: Path, marker: Path
+    project: Project, database_url: str, store: Path, marker: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DBRB_TEST_MARKER": str(marker)}
     return subprocess.Popen(
-        [sys.executable, "-m", "dbrollback", "rollback", "--yes", "--lock-timeout", "10min",
+        [sys.executable, "-m", "dbrollback", "rollback", "--yes", "--lock-timeout", "10min", *extra,
          *_args(database_url, store)],
         cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -103,7 +103,7 @@ def _wait_for_its_backends_to_end(db: psycopg.Connection) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("where", ["in a downgrade", "waiting for a lock"])
+@pytest.mark.parametrize("where", ["in a downgrade", "waiting for a lock", "in a downgrade, batched"])
 def test_kill_9_mid_rollback_changes_nothing_and_the_next_rollback_verifies(
     project, cli, db, database_url, tmp_path, where
 ):
@@ -122,11 +122,13 @@ def test_kill_9_mid_rollback_changes_nothing_and_the_next_rollback_verifies(
     before = _state(db)
 
     marker = tmp_path / "marker"
-    if where == "in a downgrade":
-        proc = _start_rollback(project, database_url, store, marker)
+    if where.startswith("in a downgrade"):
+        batched = where.endswith("batched")
+        proc = _start_rollback(project, database_url, store, marker, *(["--batched"] if batched else []))
         _wait_until(marker.exists, proc, "r2's downgrade")
-        # r3 was downgraded and its column merged back, uncommitted, when the process died
-        assert marker.read_text() == "r2 3.25"
+        # r3 was downgraded and its column merged back, uncommitted, when the process died (with
+        # --batched: its rows set aside for the batches, which run only after the commit)
+        assert marker.read_text() == ("r2 3.00" if batched else "r2 3.25")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     else:
@@ -158,6 +160,12 @@ def test_kill_9_mid_rollback_changes_nothing_and_the_next_rollback_verifies(
     _wait_for_its_backends_to_end(db)
 
     assert _state(db) == before  # data, shape, alembic_version, no run marked reverted
+    # nothing set aside for batches either: no fill recorded, no work table left
+    assert db.execute("SELECT count(*) FROM dbrollback.rollback_fills").fetchone() == (0,)
+    assert db.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'dbrollback' AND c.relname LIKE '\\_dbrb\\_fill\\_%%'"
+    ).fetchone() == (0,)
     assert db.execute("SELECT status FROM dbrollback.runs WHERE command = 'rollback'").fetchall() == [
         ("running",)
     ]
