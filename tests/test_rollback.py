@@ -323,7 +323,8 @@ def test_dropped_table_comes_back_with_all_rows(project, cli, db, database_url, 
     assert _rows(db, "INSERT INTO logs (msg) VALUES ('next') RETURNING id") == [(41,)]
 
 
-def test_composite_key_and_odd_identifiers(project, cli, db, database_url, tmp_path):
+@BOTH_MODES
+def test_composite_key_and_odd_identifiers(project, cli, db, database_url, tmp_path, mode):
     project.add_revision(
         "r1",
         None,
@@ -361,7 +362,7 @@ def test_composite_key_and_odd_identifiers(project, cli, db, database_url, tmp_p
             table, sql.Identifier(ODD_COL)
         )
     )
-    doc = _rollback(cli, database_url, store)
+    doc = _rollback(cli, database_url, store, *mode)
     result = _table(doc, f"{ODD_SCHEMA}.{ODD_TABLE}")
     assert (result["restored_rows"], result["kept_rows"], result["conflicts"]) == (40, 1, 1)
     assert result["conflict_examples"][0]["key"] == {"region": "us", "n": 3}
