@@ -139,7 +139,7 @@ def rollback(
             heads = guard_connection(database, runner.current_heads)
             check_heads(run, heads)
             plan = gather(conn, settings, store, runs, strategy)
-            if batched and not dry_run:
+            if batched:
                 _refuse_batched_twice(plan)
             skipped: list[SkippedDowngrade] = []
             if strategy == "restore":
@@ -204,9 +204,10 @@ def rollback(
             hooks.batched = batched
             hooks.batch_rows = batch_rows or DEFAULT_BATCH_ROWS
             if batched and dry_run:
-                notify(
-                    "--dry-run computes the whole merge in its one transaction (no batches), "
-                    "then rolls it back"
+                result.notes.append(
+                    "--batched dry run: the rollback's first transaction only; restored_rows counts the "
+                    "rows whose values the batches would put back (rows written meanwhile would keep "
+                    "their value, as kept), checked against the pre-image; nothing was written"
                 )
             runner.hooks = hooks
             try:

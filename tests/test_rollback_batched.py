@@ -187,6 +187,7 @@ def test_batched_usage_errors_and_dry_run(project, cli, db, database_url, tmp_pa
     store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
     _fill(db, 20)
+    _stalling_trigger(db, 5)
     _upgrade(cli, database_url, store)
     wrong = [
         ["--batched", "--strategy", "restore"],
@@ -201,8 +202,17 @@ def test_batched_usage_errors_and_dry_run(project, cli, db, database_url, tmp_pa
         assert result.code == 2 and "Traceback" not in result.err, (extra, result.err)
     nothing = cli("rollback", "--resume", *_args(database_url, store))
     assert nothing.code == 3 and "No batched rollback is waiting" in nothing.err
-    dry = _rollback(cli, database_url, store, "--batched", "--dry-run")
+    # the preview of a batched rollback is its first transaction only: it updates no row (an UPDATE
+    # of row 5 would wait for the held lock), so it does not hold the table for the whole merge
+    holder = _stall(database_url)
+    try:
+        quick = ("--lock-timeout", "200ms", "--lock-retries", "0")
+        dry = _rollback(cli, database_url, store, "--batched", "--dry-run", *quick)
+        whole = cli("rollback", "--yes", "--json", "--dry-run", *quick, *_args(database_url, store))
+    finally:
+        holder.close()
     assert dry["dry_run"] and _table(dry, "public.accounts")["restored_rows"] == 20 and dry["verified"]
+    assert whole.code == 4 and "lock" in whole.json["message"]
     assert _version(db) == [("r2",)] and _fills(db) == []
 
 
@@ -290,3 +300,21 @@ def test_a_later_downgrade_changing_a_deferred_table_rolls_everything_back(
     assert failed.json.get("resumable") is None
     assert _version(db) == [("r2",)] and _fills(db) == []
     assert _rows(db, "SELECT count(*) FROM accounts") == [(20,)]
+
+
+def test_on_a_terminal_a_batched_rollback_previews_its_first_transaction_only(
+    project, cli, db, database_url, tmp_path, monkeypatch
+):
+    _accounts(project, *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 20)
+    _upgrade(cli, database_url, store)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    monkeypatch.setattr("click.confirm", lambda *a, **k: True)
+    done = cli("rollback", "--batched", "--batch-rows", "8", *_args(database_url, store))
+    assert done.code == 0, done.err
+    assert "Would roll back (dry run, nothing changed)" in done.out and "first transaction only" in done.out
+    assert "Rolled back: run" in done.out
+    assert _fills(db) == [("public.accounts", 20, 20, 3, True, False)]
+    assert _rows(db, "SELECT count(*) FROM accounts WHERE legacy IS DISTINCT FROM 'L' || id") == [(0,)]

@@ -191,6 +191,8 @@ def rollback(
                 dry_run=True,
                 notify=console.notice,
                 progress=progress,
+                batched=batched,  # a batched rollback's preview is its first transaction only
+                batch_rows=batch_rows,
             )
         render_result(console, preview)
         runs = preview.run_ids or [preview.run_id]

@@ -23,7 +23,7 @@ from dbrollback.check.schema import capture_schema, diff_schemas
 from dbrollback.check.tables import VersionTable
 from dbrollback.database import Notify
 from dbrollback.errors import DbrollbackError, RefusedForSafety
-from dbrollback.rollback.fill import DEFAULT_BATCH_ROWS, check_still_fillable, record_rollback_report
+from dbrollback.rollback.fill import DEFAULT_BATCH_ROWS, DRY_RUN, check_still_fillable, record_rollback_report
 from dbrollback.rollback.merge import TableMerge, merge, prepare
 from dbrollback.rollback.plan import RollbackPlan
 from dbrollback.rollback.report import RollbackResult, TableReport
@@ -66,6 +66,7 @@ class RollbackHooks:
         self.batched = False  # --batched: values put back by fill.py after the transaction
         self.batch_rows = DEFAULT_BATCH_ROWS
         self.deferred: dict[int, TableReport] = {}  # fill position -> the table's report
+        self._deferred_columns: list[tuple[str, str, list[tuple[str, str]]]] = []
 
     def _driver(self, connection: Connection) -> psycopg.Connection:
         driver = connection.connection.driver_connection
@@ -102,8 +103,9 @@ class RollbackHooks:
                 fingerprint.snapshot_id,
                 report,
             )
-            if self.batched and not self.result.dry_run:
-                m.batched_run_id, m.batch_rows = self.rollback_run_id, self.batch_rows
+            if self.batched:
+                m.batched_run_id = DRY_RUN if self.result.dry_run else self.rollback_run_id
+                m.batch_rows = self.batch_rows
             prepare(conn, self._hasher, m)
             merges.append(m)
         self._merges[step.revision] = merges
@@ -163,6 +165,9 @@ class RollbackHooks:
             r = m.report
             if m.deferred_rows is not None:
                 self.deferred[m.number] = r
+                self._deferred_columns.append((m.fingerprint.schema, m.fingerprint.table, m.deferred_columns))
+                if self.result.dry_run:  # what the batches would put back (rows written meanwhile: kept)
+                    r.restored_rows = m.deferred_rows
                 self.notify(f"{r.table}: {m.deferred_rows:,} row(s) to put back in batches after the commit")
             self.notify(
                 f"{r.table} after the downgrade of {step.revision}: {r.restored_rows:,} restored, "
@@ -194,9 +199,9 @@ class RollbackHooks:
             differences = diff_schemas(recorded.schema, now)
             self.result.schema_matches = not differences
             self.result.schema_differences = [d.to_dict() for d in differences]
+        check_still_fillable(conn, self._deferred_columns)
         if self.rollback_run_id is not None:
             if self.deferred:
-                check_still_fillable(conn, self.rollback_run_id)
                 record_rollback_report(conn, self.rollback_run_id, self.result.to_dict())
             mark_reverted(conn, self.rollback_run_id, self.plan.run.id)
             for run in self.plan.runs[1:]:

@@ -88,8 +88,16 @@ class Fill:
         report.verified = bool(report.verified and self.verified and self.finished)
 
 
+DRY_RUN = 0  # the "rollback run" of a dry run's deferred rows: a temp table, nothing recorded
+
+
 def work_table_name(rollback_run_id: int, number: int) -> str:
     return f"_dbrb_fill_{rollback_run_id}_{number}"
+
+
+def _work_identifier(rollback_run_id: int, number: int) -> sql.Identifier:
+    schema = "pg_temp" if rollback_run_id == DRY_RUN else SCHEMA
+    return sql.Identifier(schema, work_table_name(rollback_run_id, number))
 
 
 def _preimage(i: int) -> str:
@@ -114,8 +122,10 @@ def defer(
 ) -> int:
     """In the rollback's transaction, instead of ``UPDATE t SET column = value FROM source WHERE
     where``: record those rows for the batches; `values`: (column, live type, value, hash of the
-    pre-image value or NULL). Returns how many rows they are."""
-    work = work_table_name(rollback_run_id, number)
+    pre-image value or NULL). Returns how many rows they are. A dry run (`rollback_run_id`
+    DRY_RUN) only makes a temp table of them and checks it against the pre-image."""
+    work = _work_identifier(rollback_run_id, number)
+    dry = rollback_run_id == DRY_RUN
     selected: list[sql.Composable] = [
         sql.SQL("row_number() OVER () AS {}").format(sql.Identifier(ORDINAL)),
         names(key, "t"),
@@ -128,20 +138,21 @@ def defer(
         ]
     with pinned_text_settings(conn):
         conn.execute(
-            sql.SQL("CREATE TABLE {} AS SELECT {} FROM {} AS t, {} WHERE {}").format(
-                sql.Identifier(SCHEMA, work),
+            sql.SQL("CREATE {}TABLE {} AS SELECT {} FROM {} AS t, {} WHERE {}").format(
+                sql.SQL("TEMP " if dry else ""),
+                work,
                 sql.SQL(", ").join(selected),
                 sql.Identifier(schema, table),
                 source,
                 where,
             )
         )
-    conn.execute(
-        sql.SQL("CREATE INDEX ON {} ({})").format(sql.Identifier(SCHEMA, work), sql.Identifier(ORDINAL))
-    )
-    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, work)))
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SCHEMA, work))).fetchone()
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(work)).fetchone()
     total = int(row[0]) if row else 0
+    if dry:
+        return total
+    conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(work, sql.Identifier(ORDINAL)))
+    conn.execute(sql.SQL("ANALYZE {}").format(work))
     conn.execute(
         """INSERT INTO dbrollback.rollback_fills (rollback_run_id, position, table_schema, table_name,
                work_table, key_columns, columns, column_types, total_rows, batch_rows)
@@ -151,7 +162,7 @@ def defer(
             number,
             schema,
             table,
-            work,
+            work_table_name(rollback_run_id, number),
             key,
             [c for c, _, _, _ in values],
             [t for _, t, _, _ in values],
@@ -162,23 +173,42 @@ def defer(
     return total
 
 
-def check_still_fillable(conn: psycopg.Connection, rollback_run_id: int) -> None:
-    """In the rollback's transaction, after its last downgrade: every deferred table still has the
-    columns (and types) its batches will write; an older revision's downgrade may have changed it.
-    Raising here rolls the whole rollback back, so a batch can never be stuck on a missing table."""
-    for f in fills_of(conn, rollback_run_id):
-        now = live_columns(conn, f.schema, f.table)
-        changed = [
-            c
-            for c, t in zip(f.columns, f.types, strict=True)
-            if now is None or c not in now or now[c].type != t
-        ]
+def values_set_aside_match(
+    conn: psycopg.Connection, hasher: Hasher, number: int, columns: list[tuple[str, str]]
+) -> bool:
+    """Dry run: every value set aside for the batches (`columns`: name, live type) is the
+    pre-image's value where the merge puts the pre-image back (hashes compared on the server)."""
+    work = _work_identifier(DRY_RUN, number)
+    differs = [
+        sql.SQL("(w.{} IS NOT NULL AND {} IS DISTINCT FROM w.{})").format(
+            sql.Identifier(_preimage(i)), hasher.value("w", c, t), sql.Identifier(_preimage(i))
+        )
+        for i, (c, t) in enumerate(columns)
+    ]
+    with pinned_text_settings(conn):
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} AS w WHERE {}").format(work, sql.SQL(" OR ").join(differs))
+        ).fetchone()
+    return row is not None and row[0] == 0
+
+
+def check_still_fillable(
+    conn: psycopg.Connection, deferred: list[tuple[str, str, list[tuple[str, str]]]]
+) -> None:
+    """In the rollback's transaction, after its last downgrade: every deferred table (schema, table,
+    [(column, type)]) still has the columns its batches will write; an older revision's downgrade
+    may have changed it. Raising here rolls the whole rollback back, so a batch can never be stuck
+    on a missing table."""
+    for schema, table, columns in deferred:
+        now = live_columns(conn, schema, table)
+        changed = [c for c, t in columns if now is None or c not in now or now[c].type != t]
         if changed:
             raise MigrationFailed(
-                f"--batched: a later downgrade of this rollback changed {f.name} ({', '.join(changed)}) "
-                "after its values were set aside for the batches; roll the runs back one at a time, or "
-                "without --batched. The rollback was rolled back; nothing was changed.",
-                table=f.name,
+                f"--batched: a later downgrade of this rollback changed {schema}.{table} "
+                f"({', '.join(changed)}) after its values were set aside for the batches; roll the runs "
+                "back one at a time, or without --batched. The rollback was rolled back; nothing was "
+                "changed.",
+                table=f"{schema}.{table}",
             )
 
 

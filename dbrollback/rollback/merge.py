@@ -23,7 +23,7 @@ from psycopg import sql
 from dbrollback.catalog import OBJECT_PREFIX, SCHEMA
 from dbrollback.catalog.fingerprints import TABLE_GONE, Fingerprint, pinned_text_settings
 from dbrollback.errors import MigrationFailed, RefusedForSafety
-from dbrollback.rollback.fill import DEFAULT_BATCH_ROWS, defer
+from dbrollback.rollback.fill import DEFAULT_BATCH_ROWS, DRY_RUN, defer, values_set_aside_match
 from dbrollback.rollback.report import MAX_CONFLICT_EXAMPLES, TableReport
 from dbrollback.rollback.sqlparts import (
     Hasher,
@@ -83,6 +83,8 @@ class TableMerge:
     batched_run_id: int | None = None
     batch_rows: int = DEFAULT_BATCH_ROWS
     deferred_rows: int | None = None  # rows left to those batches (None: not deferred)
+    deferred_columns: list[tuple[str, str]] = field(default_factory=list)  # (column, live type)
+    deferred_match: bool = True  # dry run: the values set aside are the pre-image's
 
     @property
     def gone(self) -> bool:
@@ -330,6 +332,9 @@ def _merge_rows(
                 where=where,
                 batch_rows=m.batch_rows,
             )
+            m.deferred_columns = [(c, after[c].type) for c, _, _ in values]
+            if m.batched_run_id == DRY_RUN:
+                m.deferred_match = values_set_aside_match(conn, hasher, m.number, m.deferred_columns)
         else:
             sets = [sql.SQL("{} = {}").format(sql.Identifier(c), v) for c, v, _ in values]
             update = sql.SQL("UPDATE {} AS t SET {} FROM {} WHERE {}").format(

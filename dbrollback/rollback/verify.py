@@ -88,8 +88,11 @@ def verify_table(conn: psycopg.Connection, hasher: Hasher, m: TableMerge) -> boo
         if rows_now != expected:
             return False
         key, pre, live = m.key, m.temp("pre"), m.live
-        # --batched: the values put back are checked per batch, in the batch's transaction (fill.py).
+        # --batched: the values put back are checked per batch, in the batch's transaction (fill.py);
+        # a dry run checks the values set aside for them against the pre-image instead.
         deferred = m.deferred_rows is not None
+        if deferred and not m.deferred_match:
+            return False
         restored = list(dict.fromkeys([*key, *([] if deferred else m.restored_columns)]))
         # Merge joins along the live table's key, as the merge's UPDATE: faster here than hash
         # joins of millions of keys in batches.
