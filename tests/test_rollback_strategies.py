@@ -451,3 +451,54 @@ def test_restore_adds_back_a_dropped_serial_column_with_its_sequence(
     assert _rows(db, "SELECT pg_get_serial_sequence('things', 'counter')") == [("public.things_counter_seq",)]
     db.execute("INSERT INTO things (id, name) VALUES (11, 'after')")
     assert _rows(db, "SELECT counter FROM things WHERE id = 11") == [(11,)]
+
+
+def test_a_run_that_merged_two_heads_rolls_back_to_both(project, cli, db, database_url, tmp_path):
+    """The run started from two heads and applied their merge revision, which drops a column: the
+    rollback walks back through the merge to both heads and puts the column back."""
+    project.add_revision(
+        "base1",
+        None,
+        'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True), sa.Column("x", sa.Text))',
+    )
+    project.add_revision("left", "base1", 'op.create_table("l", sa.Column("id", sa.Integer, primary_key=True))',
+                         'op.drop_table("l")', branch_labels=("lefty",))  # fmt: skip
+    project.add_revision("right", "base1", 'op.create_table("r", sa.Column("id", sa.Integer, primary_key=True))',
+                         'op.drop_table("r")', branch_labels=("righty",))  # fmt: skip
+    project.add_revision(
+        "merged", ("left", "right"), 'op.drop_column("t", "x")', 'op.add_column("t", sa.Column("x", sa.Text))'
+    )
+    store = tmp_path / "store"
+    assert cli("upgrade", "left", *_args(database_url, store)).code == 0
+    assert cli("upgrade", "right", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO t SELECT g, 'x' || g FROM generate_series(1, 10) g")
+    upgraded = _upgrade(cli, database_url, store)
+    assert sorted(upgraded["from_heads"]) == ["left", "right"]
+    status = cli("status", "--json", *_args(database_url, store)).json
+    (run,) = [r for r in status["runs"] if r["id"] == upgraded["run_id"]]
+    assert run["rollback"]["possible"] is True, run["rollback"]
+
+    doc = _rollback(cli, database_url, store)
+    assert doc["reverted_revisions"] == ["merged"] and doc["verified"] and doc["schema_matches"]
+    assert sorted(_version(db)) == [("left",), ("right",)]
+    assert _rows(db, "SELECT count(*) FROM t WHERE x IS DISTINCT FROM 'x' || id") == [(0,)]
+
+
+def test_a_run_that_went_up_two_branches_separately_is_refused(project, cli, db, database_url, tmp_path):
+    project.add_revision("base1", None, 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))')
+    for name, parent in (("left", "base1"), ("right", "base1"), ("left2", "left"), ("right2", "right")):
+        project.add_revision(
+            name,
+            parent,
+            f'op.create_table("{name}", sa.Column("id", sa.Integer, primary_key=True))',
+            f'op.drop_table("{name}")',
+            branch_labels=(f"{name}_branch",) if parent == "base1" else None,
+        )
+    store = tmp_path / "store"
+    assert cli("upgrade", "left", *_args(database_url, store)).code == 0
+    assert cli("upgrade", "right", *_args(database_url, store)).code == 0
+    _upgrade(cli, database_url, store, "heads")
+    before = sorted(_version(db))
+    refused = cli("rollback", "--yes", "--json", *_args(database_url, store))
+    assert refused.code == 3 and "Nothing was changed" in refused.json["message"], refused.out
+    assert sorted(_version(db)) == before == [("left2",), ("right2",)]

@@ -216,12 +216,13 @@ def check_heads(run: RunRecord, current_heads: tuple[str, ...]) -> None:
 
 
 def downgrade_target(run: RunRecord) -> str:
+    """Where the downgrade back to where `run` started stops: that revision, or `base`. A run that
+    started from several heads (typically it applied their merge revision) goes down to one of
+    them: Alembic undoes what descends from it, unmerging back to every head. Revisions the run
+    applied on another branch would stay: the downgrade's planned steps are checked to be exactly
+    the run's revisions, so such a rollback is refused, not half done."""
     if len(run.from_revisions) > 1:
-        raise RefusedForSafety(
-            f"Run {run.id} started from several heads ({', '.join(run.from_revisions)}); rolling back "
-            "a run on a branched history is not supported yet. Nothing was changed.",
-            run_id=run.id,
-        )
+        return sorted(run.from_revisions)[0]
     return run.from_revisions[0] if run.from_revisions else "base"
 
 

@@ -23,11 +23,10 @@ from dbrollback.catalog.fingerprints import NO_KEY, TAKEN, Fingerprint, fingerpr
 from dbrollback.catalog.journal import RunRecord, rolled_back_runs
 from dbrollback.catalog.schema import catalog_exists, installed_version
 from dbrollback.database import connect, resolve_database
-from dbrollback.errors import DbrollbackError, RefusedForSafety
+from dbrollback.errors import DbrollbackError
 from dbrollback.rollback.plan import (
     FINGERPRINTS_SINCE,
     SnapshotProblem,
-    downgrade_target,
     snapshot_problem,
     unprotected_reason,
 )
@@ -99,10 +98,6 @@ class _Checker:
             return _not(f"{run.status}{at}: finish it with `dbrollback upgrade` (see `dbrollback status`)")
         if not run.applied_revisions:
             return _not("applied nothing")
-        try:
-            downgrade_target(run)
-        except RefusedForSafety:
-            return _not(f"started from several heads ({', '.join(run.from_revisions)}): not supported yet")
         if self._catalog_version < FINGERPRINTS_SINCE:
             return _not("journaled by an older dbrollback that kept no post-image fingerprints")
         unprotected = unprotected_reason(self.conn, run.id)
