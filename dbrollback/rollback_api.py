@@ -32,6 +32,7 @@ from dbrollback.rollback.fill import (
     DEFAULT_BATCH_ROWS,
     Fill,
     abandon_fills,
+    fills_of,
     pending_fill_run,
     resume_hint,
     run_fills,
@@ -341,15 +342,18 @@ def _resume(
     journal = Journal(conn, settings.actor)
     runner = MigrationRunner(project, database.sqlalchemy_url, timeouts_of(settings))
     heads = list(guard_connection(database, runner.current_heads))
-    row = conn.execute("SELECT target FROM dbrollback.runs WHERE id = %s", (rollback_run_id,)).fetchone()
-    target = str(row[0]) if row and row[0] else "base"
-    if heads != ([] if target == "base" else [target]):
+    # Where the rollback left the database: where the oldest run it reverted had started.
+    oldest = fills_of(conn, rollback_run_id)[0].rollback_report["run_ids"][-1]
+    row = conn.execute("SELECT from_revisions FROM dbrollback.runs WHERE id = %s", (oldest,)).fetchone()
+    left_at = sorted(row[0] or []) if row else []
+    if sorted(heads) != left_at:
         # Something moved the version since (alembic run directly): the work tables were made for
         # the schema the rollback's downgrades left.
+        where = ", ".join(left_at) or "base"
         raise RefusedForSafety(
-            f"Rollback run {rollback_run_id} left the database at {target}, but it is at "
+            f"Rollback run {rollback_run_id} left the database at {where}, but it is at "
             f"{', '.join(heads) or 'base'} now: its batches cannot go on in another schema. Bring the "
-            f"database back to {target}, or give up the batches with `dbrollback rollback --resume "
+            f"database back to {where}, or give up the batches with `dbrollback rollback --resume "
             "--abandon`. Nothing was changed.",
             rollback_run_id=rollback_run_id,
         )

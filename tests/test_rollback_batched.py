@@ -318,3 +318,34 @@ def test_on_a_terminal_a_batched_rollback_previews_its_first_transaction_only(
     assert "Rolled back: run" in done.out
     assert _fills(db) == [("public.accounts", 20, 20, 3, True, False)]
     assert _rows(db, "SELECT count(*) FROM accounts WHERE legacy IS DISTINCT FROM 'L' || id") == [(0,)]
+
+
+def test_resume_of_a_run_that_merged_two_heads(project, cli, db, database_url, tmp_path):
+    """The rollback leaves the database at both heads the run started from: --resume goes on there."""
+    project.add_revision(
+        "base1",
+        None,
+        'op.create_table("accounts", sa.Column("id", sa.Integer, primary_key=True), sa.Column("legacy", sa.Text))',
+    )
+    for name in ("left", "right"):
+        project.add_revision(name, "base1", "pass", "pass", branch_labels=(f"{name}_branch",))
+    project.add_revision("merged", ("left", "right"), *DROP_LEGACY)
+    store = tmp_path / "store"
+    assert cli("upgrade", "left", *_args(database_url, store)).code == 0
+    assert cli("upgrade", "right", *_args(database_url, store)).code == 0
+    db.execute("INSERT INTO accounts SELECT g, 'L' || g FROM generate_series(1, 60) g")
+    _stalling_trigger(db, 45)
+    _upgrade(cli, database_url, store)
+    holder = _stall(database_url)
+    try:
+        stopped = cli(
+            "rollback", "--json", "--yes", "--batched", "--batch-rows", "20", "--lock-timeout", "200ms",
+            "--lock-retries", "0", *_args(database_url, store),
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert stopped.code == 4 and stopped.json["resumable"], stopped.out
+    assert sorted(_version(db)) == [("left",), ("right",)]
+    doc = _rollback(cli, database_url, store, "--resume")
+    assert doc["verified"] and _table(doc, "public.accounts")["restored_rows"] == 60
+    assert _rows(db, "SELECT count(*) FROM accounts WHERE legacy IS DISTINCT FROM 'L' || id") == [(0,)]
