@@ -3,19 +3,22 @@
 The rollback's transaction still does everything else (downgrades, re-inserts, conflicts, the
 journal's mark, verification of what it wrote). For the one statement that grows with the table,
 the UPDATE putting back the values of every row, it instead records per table a work table in the
-catalog schema (:func:`defer`): each row's key, the value the merge would write, and the 64-bit hash
-the live value had right after the downgrade. That commits with the rollback. Then
-:func:`run_fills` walks the work table in batches of `batch_rows`, each its own transaction:
+catalog schema (:func:`defer`): each row's key, the value the merge would write, the 64-bit hash
+the live value had right after the downgrade and the hash of the pre-image value. That commits
+with the rollback (after :func:`check_still_fillable`). Then :func:`run_fills` walks the work
+table in batches of `batch_rows`, each its own transaction:
 
 * a value is written only where the live value still hashes as it did right after the downgrade;
-  one the application wrote since (it runs between batches) is kept and reported as a conflict;
+  one the application wrote since (it runs between batches) is kept and reported as a conflict,
+  and so is a value a later write makes break a constraint (the batch is then redone row by row);
 * in the same transaction, with the batch's rows still locked by its UPDATE, every row of the
-  batch is checked: it holds the value put back, or one written since the downgrade. A row holding
-  neither fails the batch (rolled back) and the fill stops: `verified` is computed per batch;
+  batch is checked: it holds the pre-image's value, or one written since the downgrade. A row
+  holding neither fails the batch (rolled back) and the fill stops: `verified` is per batch;
 * the batch's progress (`done_n`, counts) commits with it, so a killed fill resumes after the last
   committed batch (`dbrollback rollback --resume`) and no batch is applied twice.
-"""
 
+A dry run (:data:`DRY_RUN`) stops after the work table, a temp table checked against the pre-image.
+"""
 from __future__ import annotations
 
 import json
