@@ -58,8 +58,8 @@ def _stall(database_url: str) -> psycopg.Connection:
 
 
 def _stopped_at_row_45(cli, db, database_url: str, store: Path):
-    """A --batched rollback of the 60 accounts whose third batch (ids 41-60) times out on row 45."""
-    _fill(db, 60)
+    """A --batched rollback of the 60 accounts (already filled) whose third batch (ids 41-60) times
+    out on row 45."""
     _stalling_trigger(db, 45)
     _upgrade(cli, database_url, store)
     holder = _stall(database_url)
@@ -78,6 +78,7 @@ def test_a_batch_that_times_out_stops_resumably_and_resume_finishes(project, cli
     _accounts(project, *DROP_LEGACY)
     store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 60)
     stopped = _stopped_at_row_45(cli, db, database_url, store)
     assert stopped.json["error"] == "migration_failed" and stopped.json["resumable"] is True
     assert "dbrollback rollback --resume" in stopped.json["message"]
@@ -232,6 +233,7 @@ def test_a_value_a_later_write_makes_break_a_constraint_is_kept_as_a_conflict(
     db.execute(
         "ALTER TABLE accounts ADD CONSTRAINT accounts_legacy_key UNIQUE (legacy) DEFERRABLE INITIALLY DEFERRED"
     )
+    _fill(db, 60)
     _stopped_at_row_45(cli, db, database_url, store)
     # between the batches the application (its previous version again) takes row 50's old value
     db.execute("INSERT INTO accounts (id, email, legacy) VALUES (1000, 'app', 'L50')")
@@ -257,6 +259,7 @@ def test_resume_refuses_another_schema_and_abandon_gives_the_rest_up(
     _accounts(project, *DROP_LEGACY)
     store = tmp_path / "store"
     assert cli("upgrade", "r1", *_args(database_url, store)).code == 0
+    _fill(db, 60)
     _stopped_at_row_45(cli, db, database_url, store)
     rollback_id = doc_run_id(db)
     # someone moved the version behind dbrollback's back: the batches were made for r1's schema
@@ -334,17 +337,8 @@ def test_resume_of_a_run_that_merged_two_heads(project, cli, db, database_url, t
     assert cli("upgrade", "left", *_args(database_url, store)).code == 0
     assert cli("upgrade", "right", *_args(database_url, store)).code == 0
     db.execute("INSERT INTO accounts SELECT g, 'L' || g FROM generate_series(1, 60) g")
-    _stalling_trigger(db, 45)
-    _upgrade(cli, database_url, store)
-    holder = _stall(database_url)
-    try:
-        stopped = cli(
-            "rollback", "--json", "--yes", "--batched", "--batch-rows", "20", "--lock-timeout", "200ms",
-            "--lock-retries", "0", *_args(database_url, store),
-        )  # fmt: skip
-    finally:
-        holder.close()
-    assert stopped.code == 4 and stopped.json["resumable"], stopped.out
+    stopped = _stopped_at_row_45(cli, db, database_url, store)
+    assert stopped.json["resumable"], stopped.out
     assert sorted(_version(db)) == [("left",), ("right",)]
     doc = _rollback(cli, database_url, store, "--resume")
     assert doc["verified"] and _table(doc, "public.accounts")["restored_rows"] == 60
