@@ -70,6 +70,8 @@ class MigrationResult:
     warnings: list[str] = field(default_factory=list)
     # values a rollback saved before its downgrade dropped their columns, put back by this upgrade
     restored_values: list[dict[str, Any]] = field(default_factory=list)
+    # after the revisions committed: backfills of the expansions this run opened, FKs validated
+    expansions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         def step(s: PlannedStep) -> dict[str, Any]:
@@ -91,6 +93,7 @@ class MigrationResult:
             "restore_points": self.restore_points,
             "warnings": self.warnings,
             "restored_values": self.restored_values,
+            "expansions": self.expansions,
         }
 
 
@@ -335,7 +338,8 @@ def _project(settings: Settings, database: Database) -> AlembicProject:
 
 def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = False,
             snapshot: bool = True, progress: ProgressReporter = SILENT,
-            notify: Notify = _quiet, skip_saved_values: bool = False) -> MigrationResult:  # fmt: skip
+            notify: Notify = _quiet, skip_saved_values: bool = False,
+            backfill: bool = True) -> MigrationResult:  # fmt: skip
     """Upgrade or downgrade to ``target``: one transaction per revision, each journaled.
 
     An upgrade first works out which revisions destroy data (see dbrollback.analysis.plan) and
@@ -344,6 +348,8 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
     Values a rollback saved before dropping their columns come back when the revision that added
     them is applied again (refused, exit 3, when their snapshot is unusable, unless
     ``skip_saved_values``, which marks them as not restored).
+    After the revisions commit, expansions they opened (dbrollback.expand) are backfilled and
+    their foreign keys validated, batch by batch, unless ``backfill`` is false.
     """
     AlembicProject(settings.alembic_config)  # a missing alembic.ini fails before any connection
     database = resolve_database(settings, notify)
@@ -370,9 +376,29 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
                                   version_table=lambda: _version_table(runner))  # fmt: skip
             hooks.roll_forward = forward
             runner.hooks = hooks
-            return _run_journaled(settings, conn, runner, hooks, direction, target, marked, database)
+            result = _run_journaled(settings, conn, runner, hooks, direction, target, marked, database)
+            if backfill and direction == "upgrade" and result.run_id is not None:
+                result.expansions = _finish_expansions(conn, result, progress, notify)
+            return result
         finally:
             unlock(conn)
+
+
+def _finish_expansions(conn: psycopg.Connection, result: MigrationResult, progress: ProgressReporter,
+                       notify: Notify) -> list[dict[str, Any]]:  # fmt: skip
+    from dbrollback.expand_api import finish_opened
+
+    assert result.run_id is not None
+    try:
+        return finish_opened(conn, result.run_id, progress=progress, notify=notify)
+    except DbrollbackError as exc:
+        exc.message = (
+            f"Run {result.run_id} applied {', '.join(s.revision for s in result.applied)}, but finishing "
+            f"the expansions it opened stopped: {exc.message} The revisions stay applied; "
+            "`dbrollback backfill --resume` continues."
+        )
+        exc.fields["run_id"] = result.run_id
+        raise
 
 
 def refuse_pending_batched_rollback(conn: psycopg.Connection) -> None:
@@ -580,6 +606,7 @@ class StatusReport:
     lock_holder: LockHolder | None
     # a `rollback --batched` whose batches have not all committed: (rollback run, rows done, rows)
     batched_rollback: tuple[int, int, int] | None = None
+    open_expansions: list[dict[str, Any]] = field(default_factory=list)  # with backfill progress
 
     @property
     def last_run(self) -> RunRecord | None:
@@ -601,10 +628,12 @@ class StatusReport:
             "unfinished_batched_rollback": None
             if self.batched_rollback is None
             else dict(zip(("rollback_run_id", "rows_done", "rows"), self.batched_rollback, strict=True)),
+            "open_expansions": self.open_expansions,
         }
 
 
 def status(settings: Settings, *, limit: int = 10, notify: Notify = _quiet) -> StatusReport:
+    from dbrollback.expand_api import expansion_summaries
     from dbrollback.rollback.fill import pending_progress
 
     AlembicProject(settings.alembic_config)
@@ -628,6 +657,7 @@ def status(settings: Settings, *, limit: int = 10, notify: Notify = _quiet) -> S
             interrupted_runs=interrupted,
             lock_holder=find_holder(conn),
             batched_rollback=pending_progress(conn),
+            open_expansions=expansion_summaries(conn),
         )
 
 

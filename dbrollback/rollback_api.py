@@ -26,6 +26,7 @@ from dbrollback.catalog.revision_sources import stored_revision_source
 from dbrollback.catalog.schema import catalog_exists, ensure_catalog
 from dbrollback.database import Database, Notify, connect, resolve_database
 from dbrollback.errors import ConfigError, DbrollbackError, MigrationFailed, RefusedForSafety
+from dbrollback.expand_api import refuse_contracted
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.rollback.execute import DryRunFinished
 from dbrollback.rollback.fill import (
@@ -157,6 +158,7 @@ def rollback(
                     run_id=run.id,
                 )
             _refuse_autocommit_blocks(conn, project, plan)
+            refuse_contracted(conn, plan.revisions)
             if not (dry_run or assume_yes) and (confirm is None or not confirm(plan)):
                 raise RefusedForSafety("Rollback not confirmed; nothing was changed")
             result = RollbackResult(

@@ -230,6 +230,50 @@ CATALOG_MIGRATIONS: list[str] = [
         PRIMARY KEY (rollback_run_id, position)
     );
     """,
+    # 9: expand/contract. A backfill walks a table in primary-key order, one short transaction per
+    #    batch; last_key (the key's values as text, cast back with key_types) commits with each
+    #    batch, so a killed backfill resumes after it and never redoes a committed batch.
+    #    An expansion is one helper call in a revision (dbrollback.expand) that is open until
+    #    contracted or aborted; spec holds everything contract and abort need.
+    """
+    CREATE TABLE dbrollback.backfills (
+        id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        table_schema  text NOT NULL,
+        table_name    text NOT NULL,
+        set_sql       text NOT NULL,
+        where_sql     text,
+        key_columns   text[] NOT NULL,
+        key_types     text[] NOT NULL,
+        last_key      text[],
+        rows_updated  bigint NOT NULL DEFAULT 0,
+        rows_scanned  bigint NOT NULL DEFAULT 0,
+        batches       bigint NOT NULL DEFAULT 0,
+        batch_rows    integer,
+        status        text NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ('pending', 'done', 'failed', 'cancelled')),
+        error         text,
+        actor         text,
+        created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+        updated_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+        finished_at   timestamptz
+    );
+    CREATE TABLE dbrollback.expansions (
+        id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        revision      text,
+        run_id        bigint,
+        kind          text NOT NULL,
+        table_schema  text NOT NULL,
+        table_name    text NOT NULL,
+        spec          jsonb NOT NULL,
+        status        text NOT NULL DEFAULT 'open'
+                      CHECK (status IN ('open', 'contracted', 'aborted')),
+        backfill_id   bigint REFERENCES dbrollback.backfills (id),
+        created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+        closed_at     timestamptz,
+        closed_by     text
+    );
+    CREATE INDEX expansions_open ON dbrollback.expansions (revision) WHERE status = 'open';
+    """,
 ]
 
 

@@ -38,6 +38,7 @@ def _register() -> None:
         config_cmd,
         db_cmd,
         demo_cmd,
+        expand_cmd,
         init_cmd,
         lint_cmd,
         migrate_cmd,
@@ -51,6 +52,7 @@ def _register() -> None:
     modules = (
         migrate_cmd,
         rollback_cmd,
+        expand_cmd,
         plan_cmd,
         status_cmd,
         snapshot_cmd,

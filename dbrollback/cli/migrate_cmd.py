@@ -39,6 +39,15 @@ def _render(state: AppState, result: api.MigrationResult) -> None:
             f"{back['rows']:,} row(s) from snapshot {back['from_snapshot']}"
             + (f", {back['rows_deleted_since']:,} row(s) deleted since" if back["rows_deleted_since"] else "")
         )
+    for done in result.expansions:
+        if "backfill" in done:
+            b = done["backfill"]
+            console.line(
+                f"Expansion {done['expansion_id']}: backfilled {b['rows_updated']:,} row(s) of {b['table']} "
+                f"in {b['batches']:,} batch(es), {b['rows_per_s']:,.0f} rows/s"
+            )
+        else:
+            console.line(f"Expansion {done['expansion_id']}: validated {done['validated']}")
     console.line(
         f"{result.direction.capitalize()}d {heads(result.from_heads)} → {heads(result.to_heads)}: "
         f"{len(result.applied)} revision(s) applied, journaled as run {result.run_id}.",
@@ -76,11 +85,16 @@ _RELATIVE_OK = {"ignore_unknown_options": True}
     help="Do not put back values a rollback saved before dropping their columns (they stay in their "
     "snapshot; the saved record is marked skipped).",
 )
+@click.option(
+    "--no-backfill",
+    is_flag=True,
+    help="Do not backfill the expansions the revisions open (run `dbrollback backfill --resume` later).",
+)
 @migration_options
 @global_options
 @pass_state
 def upgrade(state: AppState, revision: str, dry_run: bool, snapshot_policy: str | None, no_snapshot: bool,
-            jobs: int | None, skip_saved_values: bool) -> None:  # fmt: skip
+            jobs: int | None, skip_saved_values: bool, no_backfill: bool) -> None:  # fmt: skip
     """Apply revisions up to REVISION (default: heads), one transaction each.
 
     REVISION accepts everything Alembic does: ids, unique prefixes, head, heads,
@@ -88,6 +102,8 @@ def upgrade(state: AppState, revision: str, dry_run: bool, snapshot_policy: str 
     touches are snapshotted to the store (see `dbrollback plan`); an unwritable store
     refuses the upgrade (exit 3) before anything changes. Values a rollback saved before its
     downgrade dropped their columns are put back when the revision is applied again.
+    Expansions the revisions open (dbrollback.expand) are backfilled in short batches after
+    they commit, unless --no-backfill.
     """
     from dbrollback import api  # imported when used: keeps every other command's start-up fast
 
@@ -95,7 +111,7 @@ def upgrade(state: AppState, revision: str, dry_run: bool, snapshot_policy: str 
     with TerminalProgress(state.console) as progress:
         result = api.upgrade(settings, revision, dry_run=dry_run, snapshot=not no_snapshot,
                              progress=progress, notify=state.console.notice,
-                             skip_saved_values=skip_saved_values)  # fmt: skip
+                             skip_saved_values=skip_saved_values, backfill=not no_backfill)  # fmt: skip
     _render(state, result)
 
 

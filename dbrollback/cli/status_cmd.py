@@ -67,6 +67,16 @@ def status_document(report: api.StatusReport, readiness: Mapping[int, Readiness]
     return doc
 
 
+def _backfill_cell(backfill: dict[str, Any] | None) -> str:
+    if backfill is None:
+        return "-"
+    if backfill["status"] == "done":
+        return f"done ({backfill['rows_updated']:,} rows)"
+    total = backfill["estimated_rows"]
+    share = f" of ~{total:,} ({min(100, 100 * backfill['rows_scanned'] // total)}%)" if total else ""
+    return f"{backfill['status']}: {backfill['rows_scanned']:,} rows scanned{share}"
+
+
 def render_status(
     console: Console,
     report: api.StatusReport,
@@ -101,6 +111,13 @@ def render_status(
             "until then).",
             style="bold yellow",
         )
+    if report.open_expansions:
+        console.table(
+            "Open expansions (contract or abort them: `dbrollback contract REV` / `dbrollback abort REV`)",
+            ["id", "revision", "table", "change", "backfill"],
+            [(str(e["id"]), e["revision"] or "-", e["table"], e["change"], _backfill_cell(e["backfill"]))
+             for e in report.open_expansions],
+        )  # fmt: skip
     if report.runs and show_runs:
         render_runs(console, "Recent runs", report.runs[:5], readiness)
 

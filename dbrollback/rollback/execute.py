@@ -86,6 +86,7 @@ class RollbackHooks:
     def before_step(self, step: PlannedStep, connection: Connection) -> None:
         conn = self._driver(connection)
         assert self._hasher is not None
+        self._abort_expansions(conn, step)
         if self.plan.strategy == "restore":
             self._before_restore(step, conn)
             return
@@ -140,6 +141,19 @@ class RollbackHooks:
                 f"{t.table} after the downgrade of {step.revision}: restored to the snapshot "
                 f"({t.restored_rows:,} updated, {t.reinserted_rows:,} inserted), {t.lost_writes:,} later "
                 "write(s) discarded" + ("" if t.verified else ", NOT verified")
+            )
+
+    def _abort_expansions(self, conn: psycopg.Connection, step: PlannedStep) -> None:
+        """Expansions the revision opened and its downgrade left open (not written as
+        expand.abort()): aborted here, in the rollback's transaction, so no trigger outlives it."""
+        from dbrollback.expand.lifecycle import describe
+        from dbrollback.expand_api import abort_for_rollback
+
+        for outcome in abort_for_rollback(conn, step.revision, "rollback"):
+            e = outcome.expansion
+            self.result.notes.append(
+                f"expansion {e.id} of {step.revision} ({e.table_name}: {describe(e)}) aborted: "
+                f"dropped {', '.join(outcome.dropped)}"
             )
 
     def step_applied(
