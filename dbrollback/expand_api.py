@@ -348,7 +348,7 @@ def refuse_contracted(conn: psycopg.Connection, revisions: list[str]) -> None:
     for revision in revisions:
         contracted = [
             e
-            for e in list_expansions(conn, revision=revision, statuses=("contracted",))
+            for e in list_expansions(conn, revision=revision, statuses=("contracted",), exact=True)
             if e.revision == revision
         ]
         if contracted:
@@ -370,6 +370,6 @@ def abort_for_rollback(conn: psycopg.Connection, revision: str, actor: str) -> l
         return []
     return [
         abort(conn, e, actor)
-        for e in reversed(list_expansions(conn, revision=revision))
+        for e in reversed(list_expansions(conn, revision=revision, exact=True))
         if e.revision == revision
     ]

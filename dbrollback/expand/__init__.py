@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class ExpandOperation(MigrateOperation):  # type: ignore[misc]
+class ExpandOperation(MigrateOperation):
     """One expand helper call, as an Alembic operation object (recorded by lint like op.* calls)."""
 
     def __init__(
@@ -235,7 +235,7 @@ def backfill(
     _invoke("backfill", table, schema, set=set, where=where, options=options)
 
 
-@Operations.implementation_for(ExpandOperation)  # type: ignore[misc]
+@Operations.implementation_for(ExpandOperation)
 def _apply(operations: Operations, operation: ExpandOperation) -> None:
     from dbrollback.expand.apply import apply_operation
 

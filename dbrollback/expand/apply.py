@@ -111,7 +111,7 @@ def _create_index(
     )
     already = [
         e
-        for e in list_expansions(conn, revision=revision)
+        for e in list_expansions(conn, revision=revision, exact=True)
         if e.kind == "index" and e.spec["name"] == spec["name"] and e.table == table.name
     ]
     if not already:  # an earlier attempt of this revision committed its record before failing
@@ -128,7 +128,7 @@ def _abort_revision(conn: psycopg.Connection, revision: str | None) -> None:
 
     if revision is None:
         raise ConfigError("expand.abort() must be called from a revision's downgrade().")
-    for expansion in reversed(list_expansions(conn, revision=revision)):
+    for expansion in reversed(list_expansions(conn, revision=revision, exact=True)):
         if expansion.revision == revision:
             abort(conn, expansion, "downgrade")
 

@@ -10,6 +10,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dbrollback.errors import ConfigError
 from dbrollback.snapshot.names import QualifiedName
 
 OPEN, CONTRACTED, ABORTED = "open", "contracted", "aborted"
@@ -92,22 +93,27 @@ def list_expansions(
     revision: str | None = None,
     statuses: tuple[str, ...] = (OPEN,),
     ids: list[int] | None = None,
+    exact: bool = False,
 ) -> list[Expansion]:
-    """Expansions in these statuses, oldest first; of one revision (exact or unique prefix) if given."""
+    """Expansions in these statuses, oldest first; of one revision if given (a unique prefix of
+    one unless ``exact``)."""
     if not _catalog_has_expansions(conn):
         return []
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             """SELECT * FROM dbrollback.expansions
                WHERE status = ANY(%s)
-                 AND (%s::text IS NULL OR revision = %s OR revision LIKE %s || '%%')
+                 AND (%s::text IS NULL OR starts_with(revision, %s))
                  AND (%s::bigint[] IS NULL OR id = ANY(%s))
                ORDER BY id""",
-            (list(statuses), revision, revision, revision, ids, ids),
+            (list(statuses), revision, revision, ids, ids),
         ).fetchall()
     found = [_expansion(r) for r in rows]
-    if revision is not None and any(e.revision == revision for e in found):
+    if revision is not None and (exact or any(e.revision == revision for e in found)):
         found = [e for e in found if e.revision == revision]  # an exact id is never a prefix of another
+    matched = sorted({e.revision or "" for e in found})
+    if revision is not None and len(matched) > 1:
+        raise ConfigError(f"Revision prefix {revision!r} is ambiguous: {', '.join(matched)}.")
     return found
 
 

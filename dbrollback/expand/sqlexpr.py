@@ -35,10 +35,10 @@ def _parse(expression: str, what: str) -> ast.Node:
         or len(stmt.targetList) != 1
     ):
         raise ConfigError(f"The {what} expression {expression!r} must be one SQL expression.")
-    return stmt.targetList[0].val  # type: ignore[no-any-return]
+    return stmt.targetList[0].val
 
 
-class _Rewrite(Visitor):  # type: ignore[misc]
+class _Rewrite(Visitor):
     def __init__(self, columns: set[str], row: str | None) -> None:
         super().__init__()
         self.columns = columns
@@ -50,13 +50,13 @@ class _Rewrite(Visitor):  # type: ignore[misc]
         raise ConfigError("Subqueries are not allowed in expand expressions (they would run per row).")
 
     def visit_ColumnRef(self, ancestors: object, node: ast.ColumnRef) -> ast.ColumnRef | None:
-        fields = node.fields
-        if len(fields) != 1 or not isinstance(fields[0], ast.String):
+        fields = node.fields or ()
+        if len(fields) != 1 or not isinstance(fields[0], ast.String) or fields[0].sval is None:
             shown = ".".join(getattr(f, "sval", "*") for f in fields)
             raise ConfigError(
                 f"Column reference {shown} in an expand expression must be a plain column of the table."
             )
-        name = fields[0].sval
+        name: str = fields[0].sval
         if name not in self.columns:
             self.unknown.append(name)
             return None
@@ -87,4 +87,5 @@ def _rewrite(expression: str, columns: set[str], row: str | None, what: str) -> 
             f"The {what} expression {expression!r} names column(s) the table does not have: "
             f"{', '.join(sorted(set(visitor.unknown)))}."
         )
+    assert wrapper.val is not None
     return f"({RawStream()(wrapper.val)})", list(dict.fromkeys(visitor.used))
