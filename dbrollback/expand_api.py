@@ -313,16 +313,23 @@ def finish_opened(
     conn: psycopg.Connection, run_id: int, *, progress: ProgressReporter = SILENT, notify: Notify = _quiet
 ) -> list[dict[str, Any]]:
     """After an upgrade's revisions committed: backfill the expansions the run opened and validate
-    its NOT VALID foreign keys, each in short transactions of its own. Returns what was done."""
+    its NOT VALID foreign keys, each in short transactions of its own; also finishes what earlier
+    runs left (killed, or --no-backfill). Returns what was done."""
     from dbrollback.backfill.engine import run_backfill
     from dbrollback.expand import schema_objects
     from dbrollback.expand.table import table_by_name
 
     done: list[dict[str, Any]] = []
     for e in list_expansions(conn):
-        if e.run_id != run_id:
-            continue
+        state = None
         if e.backfill_id is not None:
+            row = conn.execute(
+                "SELECT status FROM dbrollback.backfills WHERE id = %s", (e.backfill_id,)
+            ).fetchone()
+            state = row[0] if row else None
+        if e.run_id != run_id and state in (None, "done", "cancelled"):
+            continue
+        if e.backfill_id is not None and state not in (None, "done", "cancelled"):
             notify(f"Backfilling expansion {e.id} ({e.table_name}: {describe(e)})")
             outcome = run_backfill(conn, e.backfill_id, progress=progress, notify=notify)
             done.append({"expansion_id": e.id, "backfill": outcome.to_dict()})

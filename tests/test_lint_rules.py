@@ -398,11 +398,12 @@ def test_rule_case(project: Project, case: Case) -> None:
 
 
 def _all_cases() -> list[Case]:
-    """The Case lists of every tests/test_lint_rules*.py module."""
+    """The Case lists of every tests/test_lint_rules*.py module and tests/test_lint_expand.py."""
     import importlib
 
     found: list[Case] = []
-    for module_path in sorted(Path(__file__).parent.glob("test_lint_rules*.py")):
+    here = Path(__file__).parent
+    for module_path in [*sorted(here.glob("test_lint_rules*.py")), here / "test_lint_expand.py"]:
         module = importlib.import_module(f"tests.{module_path.stem}")
         for value in vars(module).values():
             if isinstance(value, list) and value and all(isinstance(c, Case) for c in value):

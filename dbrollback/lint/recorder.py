@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql
 
 from dbrollback.analysis.classify import StatementEffect, classify_sql
 from dbrollback.analysis.pg_tree import deparse, walk_nodes
+from dbrollback.expand import ExpandOperation
 from dbrollback.lint.bind import RecordingBind
 
 __all__ = ["FunctionRecording", "RecordedOp", "RecordedRevision", "record_revision"]
@@ -341,6 +342,10 @@ def _run(fn: Callable[[], Any], function: FunctionRecording, direction: Directio
             line, column = _locate(lineno, calls) if lineno is not None else (1, 1)
             sql = _sql_text(operation.sqltext) if isinstance(operation, alembic_ops.ExecuteSQLOp) else None
             function.ops.append(RecordedOp(operation, direction, line, column, autocommit[0] > 0, sql))
+            if isinstance(operation, ExpandOperation):
+                # Its implementation needs a live connection (it reads the table and writes the
+                # catalog); the recording is all lint needs, and helpers return nothing.
+                return None
             try:
                 # Offline (as_sql): renders into the buffer, never executes; keeps return values
                 # (e.g. create_table's Table) so later code in the revision keeps working.
@@ -418,9 +423,13 @@ def with_tables_created_before(ops: list[RecordedOp]) -> Iterator[tuple[Recorded
 
 
 def added_columns(ops: list[RecordedOp]) -> set[tuple[TableKey, str]]:
-    """Columns these operations add (op.add_column, or ADD COLUMN in op.execute)."""
+    """Columns these operations add (op.add_column, ADD COLUMN in op.execute, or the new columns
+    of dbrollback.expand helpers)."""
     columns: set[tuple[TableKey, str]] = set()
     for recorded in ops:
+        opened = opened_expansion(recorded)
+        if opened is not None:
+            columns.update((opened.table, column) for column in opened.columns)
         if isinstance(recorded.op, alembic_ops.AddColumnOp):
             key = table_key(recorded.op.schema, recorded.op.table_name)
             columns.add((key, recorded.op.column.name))
@@ -456,6 +465,87 @@ def dropped_columns(recorded: RecordedOp) -> list[tuple[TableKey, str]]:
 
 def table_label(key: TableKey) -> str:
     return f"{key[0]}.{key[1]}" if key[0] else key[1]
+
+
+# --- dbrollback.expand helpers -----------------------------------------------------------------------
+
+# ExpandOperation.kind -> the helper a revision calls, for messages.
+EXPAND_HELPERS = {
+    "synced_column": "expand.add_synced_column",
+    "rename_column": "expand.rename_column",
+    "change_column_type": "expand.change_column_type",
+    "split_column": "expand.split_column",
+    "not_null_column": "expand.add_not_null_column",
+    "foreign_key": "expand.add_foreign_key",
+    "index": "expand.create_index",
+    "abort": "expand.abort",
+    "backfill": "expand.backfill",
+}
+
+
+@dataclass(frozen=True)
+class OpenedExpansion:
+    """What one expand helper call adds to the schema: exactly what ``expand.abort()`` in the
+    downgrade drops again (with the helper's sync trigger, which lint does not model). The old shape
+    is left alone until ``dbrollback contract``, so no helper drops, renames or retypes anything."""
+
+    kind: str
+    table: TableKey
+    columns: tuple[str, ...] = ()  # new columns
+    index: str | None = None
+    constraint: str | None = None
+    on_columns: tuple[str, ...] = ()  # the columns the index or foreign key is on
+
+    @property
+    def helper(self) -> str:
+        return EXPAND_HELPERS.get(self.kind, f"expand ({self.kind})")
+
+    @property
+    def abort_loses_writes(self) -> bool:
+        """Whether values written to the new shape are lost when abort drops it. The synced kinds
+        copy every write back to the old column(s) (or refuse writes that cannot be copied back); an
+        add_not_null_column column holds values nothing else has."""
+        return self.kind == "not_null_column"
+
+
+def expand_kind(recorded: RecordedOp) -> str | None:
+    """The ``kind`` of a dbrollback.expand helper call, or None for other operations."""
+    return recorded.op.kind if isinstance(recorded.op, ExpandOperation) else None
+
+
+def opened_expansion(recorded: RecordedOp) -> OpenedExpansion | None:
+    """What an expand helper call adds; None for other operations, ``expand.abort()`` and
+    ``expand.backfill()`` (which open no expansion)."""
+    op = recorded.op
+    if not isinstance(op, ExpandOperation) or op.kind in ("abort", "backfill"):
+        return None
+    table = table_key(op.schema, op.table_name)
+    args = op.arguments
+    if op.kind == "not_null_column":
+        return OpenedExpansion(op.kind, table, (str(args["column"]),))
+    if op.kind == "index":
+        return OpenedExpansion(op.kind, table, index=str(args["name"]),
+                               on_columns=tuple(str(c) for c in args.get("columns") or ()))  # fmt: skip
+    if op.kind == "foreign_key":
+        return OpenedExpansion(op.kind, table, constraint=str(args["name"]),
+                               on_columns=tuple(str(c) for c in args.get("local_cols") or ()))  # fmt: skip
+    return OpenedExpansion(op.kind, table, tuple(str(item["name"]) for item in args.get("new") or ()))
+
+
+def opened_expansions(ops: list[RecordedOp]) -> list[tuple[RecordedOp, OpenedExpansion]]:
+    """The expand helper calls among ``ops`` that open an expansion, with what each adds."""
+    found = []
+    for recorded in ops:
+        opened = opened_expansion(recorded)
+        if opened is not None:
+            found.append((recorded, opened))
+    return found
+
+
+def expand_abort(ops: list[RecordedOp]) -> RecordedOp | None:
+    """The first ``expand.abort()`` among ``ops``: in a downgrade it drops everything the upgrade's
+    expand helpers added (abort works by revision id, so it is the inverse of all of them)."""
+    return next((recorded for recorded in ops if expand_kind(recorded) == "abort"), None)
 
 
 # Operations whose exact DDL the lock rules read: NOT VALID, USING INDEX, serial / identity columns,
@@ -651,9 +741,12 @@ class RowChange:
 
 def row_changes(recorded: RecordedOp) -> list[RowChange]:
     """UPDATE / DELETE / INSERT / MERGE of one operation, including data-modifying WITH clauses:
-    raw SQL, SQLAlchemy Core statements given to op.execute (compiled by the recorder), and
-    op.bulk_insert."""
+    raw SQL, SQLAlchemy Core statements given to op.execute (compiled by the recorder),
+    op.bulk_insert, and expand.backfill (an UPDATE in batches: batching spares the locks, but the
+    old values are overwritten all the same)."""
     op = recorded.op
+    if isinstance(op, ExpandOperation) and op.kind == "backfill":
+        return [RowChange("update", table_key(op.schema, op.table_name), _backfill_columns(op.arguments))]
     if isinstance(op, alembic_ops.BulkInsertOp):
         table = op.table
         columns = tuple(str(column.name) for column in getattr(table, "columns", ()))
@@ -669,3 +762,13 @@ def row_changes(recorded: RecordedOp) -> list[RowChange]:
             columns = tuple(t.name for t in targets or () if isinstance(t, pg_ast.ResTarget) and t.name)
             changes.append(RowChange(kind, table_key(relation.schemaname, relation.relname or ""), columns))
     return changes
+
+
+def _backfill_columns(arguments: dict[str, Any]) -> tuple[str, ...]:
+    """The columns ``expand.backfill(set=...)`` writes (empty: not known, as for an UPDATE)."""
+    try:
+        statement = pglast.parse_sql(f"UPDATE _t SET {arguments.get('set') or ''}")[0].stmt
+    except Exception:
+        return ()
+    targets = getattr(statement, "targetList", None) or ()
+    return tuple(t.name for t in targets if isinstance(t, pg_ast.ResTarget) and t.name)

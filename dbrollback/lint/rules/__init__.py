@@ -22,6 +22,7 @@ from dbrollback.lint.rules.drop_index_not_concurrently import DropIndexNotConcur
 from dbrollback.lint.rules.drop_schema import DropSchema
 from dbrollback.lint.rules.drop_table import DropTable
 from dbrollback.lint.rules.enum_value_added import EnumValueAdded
+from dbrollback.lint.rules.expand_without_abort import ExpandWithoutAbort
 from dbrollback.lint.rules.irreversible_data_change import IrreversibleDataChange
 from dbrollback.lint.rules.missing_downgrade import MissingDowngrade
 from dbrollback.lint.rules.multiple_heads import MultipleHeads
@@ -65,6 +66,7 @@ ALL_RULES: tuple[Rule, ...] = (
     AddUniqueConstraint(),
     AddPrimaryKey(),
     ValidateInSameTransaction(),
+    ExpandWithoutAbort(),
     MultipleHeads(),
     BrokenRevisionChain(),
     UnusedIgnore(),

@@ -56,8 +56,9 @@ class AddRequiredColumn(Rule):
     axes = ("lock-rewrite", "breaks-running-code")
     problem = "adding a NOT NULL column without a default fails on a table with rows, and breaks old inserts"
     safe_alternative = (
-        "add the column nullable (or with a server_default), backfill it in batches, "
-        "then add CHECK (c IS NOT NULL) NOT VALID, validate it and SET NOT NULL"
+        "use expand.add_not_null_column(table, column, type, backfill=...), which adds the column "
+        "nullable, fills it in batches, then adds CHECK (c IS NOT NULL) NOT VALID, validates it and "
+        "sets NOT NULL at `dbrollback contract` (or add it with a server_default)"
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:

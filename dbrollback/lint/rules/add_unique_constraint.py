@@ -75,7 +75,8 @@ class AddUniqueConstraint(IndexBuildingConstraintRule):
         "and writes until the whole table is indexed"
     )
     safe_alternative = (
-        "CREATE UNIQUE INDEX CONCURRENTLY (inside `with op.get_context().autocommit_block():`), then "
+        "build the index with expand.create_index(name, table, columns, unique=True) or CREATE UNIQUE "
+        "INDEX CONCURRENTLY (inside `with op.get_context().autocommit_block():`), then "
         "ALTER TABLE … ADD CONSTRAINT … UNIQUE USING INDEX, which only holds the lock for a moment"
     )
     constraint_kind = ConstrType.CONSTR_UNIQUE

@@ -67,8 +67,10 @@ class ChangeColumnType(Rule):
     axes = ("lock-rewrite", "breaks-running-code")
     problem = "changing a column's type rewrites the table and its indexes under an ACCESS EXCLUSIVE lock"
     safe_alternative = (
-        "add a new column of the new type, backfill it in batches, switch the code over, then drop the old "
-        "one (varchar -> text and varchar widening are free: pass existing_type so the lint can tell)"
+        "use expand.change_column_type(table, column, new_type, up=..., down=...), which adds a new column "
+        "of the new type kept in sync and backfilled in batches, the old one dropped by `dbrollback "
+        "contract` once the code is switched over (varchar -> text and varchar widening are free: pass "
+        "existing_type so the lint can tell)"
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:

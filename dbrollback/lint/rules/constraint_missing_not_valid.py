@@ -85,8 +85,9 @@ class ConstraintMissingNotValid(Rule):
         "blocking its writes (CHECK: reads too; FOREIGN KEY: writes to the referenced table too)"
     )
     safe_alternative = (
-        "add it NOT VALID (postgresql_not_valid=True, or NOT VALID in SQL), then VALIDATE CONSTRAINT in "
-        "a later revision or inside `with op.get_context().autocommit_block():`"
+        "for a foreign key use expand.add_foreign_key(...), which validates it after the revision commits; "
+        "else add it NOT VALID (postgresql_not_valid=True, or NOT VALID in SQL), then VALIDATE CONSTRAINT "
+        "in a later revision or inside `with op.get_context().autocommit_block():`"
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:

@@ -38,7 +38,8 @@ class CreateIndexNotConcurrently(Rule):
     axes = ("lock-rewrite",)
     problem = "CREATE INDEX without CONCURRENTLY blocks all writes to the table until the index is built"
     safe_alternative = (
-        "create it with postgresql_concurrently=True inside `with op.get_context().autocommit_block():`"
+        "use expand.create_index(name, table, columns), or create it with postgresql_concurrently=True "
+        "inside `with op.get_context().autocommit_block():`"
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:

@@ -9,6 +9,8 @@ from dbrollback.lint.recorder import (
     created_tables,
     dropped_columns,
     dropped_tables,
+    expand_kind,
+    opened_expansions,
     table_label,
 )
 
@@ -31,6 +33,15 @@ class DowngradeDropsNewData(Rule):
                 for t, c in dropped_columns(recorded)
                 if (t, c) in new_columns or t in new_tables
             ]
+            if expand_kind(recorded) == "abort":
+                # Columns the synced helpers add have every write copied back to the old column(s);
+                # an add_not_null_column column is the only copy of what was written to it.
+                names += [
+                    f"{table_label(opened.table)}.{column}"
+                    for _op, opened in opened_expansions(revision.upgrade.ops)
+                    if opened.abort_loses_writes
+                    for column in opened.columns
+                ]
             if names:
                 findings.append(self.finding(
                     revision, recorded.line, "downgrade",

@@ -3,6 +3,11 @@
 Both functions are reduced to the same schema events (Alembic operations and the SQL of
 ``op.execute``); every event of the upgrade expects its inverse among the downgrade's events, unless
 the downgrade drops the table or column the event concerns (which undoes it with it).
+
+dbrollback.expand helpers add columns, indexes and foreign keys; their one inverse is
+``expand.abort()`` in the downgrade, which drops all of them (and their sync triggers). A downgrade
+without it is ``expand-without-abort``'s finding, not this rule's: dropping the new column by hand
+would leave the trigger behind.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from dbrollback.lint.recorder import (
     RecordedOp,
     RecordedRevision,
     TableKey,
+    expand_abort,
+    opened_expansion,
+    opened_expansions,
     pg_type,
     table_key,
     table_label,
@@ -218,9 +226,22 @@ def _alter_table_events(table: TableKey | None, cmd: pg_ast.AlterTableCmd) -> It
         yield SchemaEvent("default", table, cmd.name)
 
 
+def _expand_events(recorded: RecordedOp) -> Iterator[SchemaEvent]:
+    opened = opened_expansion(recorded)
+    if opened is None:
+        return
+    for column in opened.columns:
+        yield SchemaEvent("add_column", opened.table, column)
+    if opened.index is not None:
+        yield SchemaEvent("create_index", opened.table, opened.index, columns=opened.on_columns)
+    if opened.constraint is not None:
+        yield SchemaEvent("create_constraint", opened.table, opened.constraint, columns=opened.on_columns)
+
+
 def schema_events(recorded: RecordedOp) -> list[SchemaEvent]:
     """The schema changes of one operation, in the order PostgreSQL applies them."""
     events = list(_alembic_events(recorded.op))
+    events.extend(_expand_events(recorded))
     for statement in recorded.sql_statements:
         events.extend(_sql_events(statement))
     # Raw ALTER COLUMN ... TYPE: the recorder's helper already reads the new type.
@@ -488,8 +509,18 @@ class DowngradeNotInverse(Rule):
         if revision.irreversible or not downgrade_comparable(revision):
             return []
         undo = _Undo.of(revision.downgrade.ops)
+        if expand_abort(revision.downgrade.ops) is not None:
+            # abort drops what the upgrade's expand helpers added, and with a column what is on it.
+            for _recorded, opened in opened_expansions(revision.upgrade.ops):
+                undo.dropped_columns |= {(opened.table, column) for column in opened.columns}
+                if opened.index is not None:
+                    undo.dropped_indexes.add(opened.index)
+                if opened.constraint is not None:
+                    undo.dropped_constraints.add((opened.table, opened.constraint))
         missing: dict[int, tuple[RecordedOp, list[str]]] = {}
         for expectation in _expectations(revision.upgrade.ops):
+            if opened_expansion(expectation.recorded) is not None:
+                continue  # undone by expand.abort() or reported as expand-without-abort
             what = _missing(expectation.event, undo)
             if what is not None:
                 entry = missing.setdefault(id(expectation.recorded), (expectation.recorded, []))

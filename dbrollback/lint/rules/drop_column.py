@@ -18,7 +18,8 @@ class DropColumn(Rule):
     axes = ("data-loss", "breaks-running-code")
     problem = "dropping a column deletes its values in every row; running code that reads it fails"
     safe_alternative = (
-        "stop reading and writing the column in a previous release, take a dbrollback snapshot, then drop it"
+        "stop reading and writing the column in a previous release, take a dbrollback snapshot, then drop "
+        "it; a column replaced with an expand helper is dropped by `dbrollback contract`, not a revision"
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:

@@ -12,6 +12,7 @@ from dbrollback.lint.recorder import (
     RecordedRevision,
     TableKey,
     created_tables,
+    opened_expansion,
     table_key,
 )
 
@@ -29,6 +30,9 @@ class _Created:
         for recorded in ops:
             if isinstance(recorded.op, alembic_ops.CreateIndexOp) and recorded.op.index_name:
                 self.indexes.add(str(recorded.op.index_name))
+            opened = opened_expansion(recorded)  # expand.create_index
+            if opened is not None and opened.index is not None:
+                self.indexes.add(opened.index)
             for statement in recorded.sql_statements:
                 if isinstance(statement, pg_ast.IndexStmt) and statement.idxname:
                     self.indexes.add(statement.idxname)

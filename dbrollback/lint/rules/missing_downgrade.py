@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dbrollback.lint.findings import Finding, LintContext, Rule
-from dbrollback.lint.recorder import RecordedRevision
+from dbrollback.lint.recorder import RecordedRevision, opened_expansions
 
 
 class MissingDowngrade(Rule):
@@ -36,6 +36,7 @@ class MissingDowngrade(Rule):
                 "dbrollback snapshot taken before the upgrade",
                 "run the upgrade through dbrollback so a snapshot is taken first",
             )]  # fmt: skip
-        return [
-            self.finding(revision, line or 1, "downgrade", f"the downgrade {what} but the upgrade is not")
-        ]
+        message = f"the downgrade {what} but the upgrade is not"
+        if opened_expansions(upgrade.ops):
+            message += "; expand.abort() in the downgrade undoes the upgrade's expand helpers"
+        return [self.finding(revision, line or 1, "downgrade", message)]

@@ -35,7 +35,9 @@ class RenameColumn(Rule):
     axes = ("breaks-running-code",)
     problem = "renaming a column breaks every running query that uses the old name"
     safe_alternative = (
-        "add the new column, write to both and backfill, move the readers, then drop the old column later"
+        "use expand.rename_column(table, old, new): both columns exist and stay equal until "
+        "`dbrollback contract` drops the old one (by hand: add the new column, write to both and backfill, "
+        "move the readers, then drop the old column later)"
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:

@@ -153,7 +153,8 @@ class SetNotNull(Rule):
     problem = "SET NOT NULL scans every row under an ACCESS EXCLUSIVE lock, blocking reads and writes"
     safe_alternative = (
         "add CHECK (c IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT it, then SET NOT NULL "
-        "(PostgreSQL 12+ skips the scan) and drop the check"
+        "(PostgreSQL 12+ skips the scan) and drop the check; for a new column, "
+        "expand.add_not_null_column does all of it"
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:

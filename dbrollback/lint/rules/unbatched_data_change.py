@@ -36,7 +36,8 @@ class UnbatchedDataChange(Rule):
     problem = "UPDATE/DELETE without WHERE changes every row at once, locking them until the migration ends"
     safe_alternative = (
         "take a dbrollback snapshot, then change the rows in keyed batches (WHERE id BETWEEN ...) "
-        "outside the schema migration's transaction"
+        "outside the schema migration's transaction: expand.backfill(table, set=..., where=...) inside "
+        "`with op.get_context().autocommit_block():` does the batching"
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:

@@ -44,7 +44,8 @@ class ValidateInSameTransaction(Rule):
     )
     safe_alternative = (
         "validate in a later revision, or run the VALIDATE CONSTRAINT inside "
-        "`with op.get_context().autocommit_block():` so the ADD has committed and released its lock"
+        "`with op.get_context().autocommit_block():` so the ADD has committed and released its lock "
+        "(expand.add_foreign_key does this for a foreign key)"
     )
 
     def check(self, revision: RecordedRevision, context: LintContext) -> list[Finding]:
