@@ -34,6 +34,7 @@ def cli() -> None:
 
 def _register() -> None:
     from dbrollback.cli import (
+        backfill_cmd,
         check_cmd,
         config_cmd,
         db_cmd,
@@ -63,6 +64,7 @@ def _register() -> None:
         db_cmd,
         init_cmd,
         demo_cmd,
+        backfill_cmd,
     )
     for module in modules:
         for command in module.COMMANDS:
