@@ -10,6 +10,7 @@ import alembic.op
 import pytest
 from alembic.operations import ops
 
+from dbrollback.expand import ExpandOperation
 from dbrollback.lint.recorder import RecordedRevision, record_revision
 from tests.conftest import Project
 
@@ -70,6 +71,10 @@ SHOP_EXPECTED: dict[str, tuple[list[tuple[type, str]], list[tuple[type, str]]]] 
         [(ops.DropTableOp, 'op.drop_table("newsletter_signups")')],
         [(ops.CreateTableOp, "op.create_table(")],
     ),
+    "0010_rename_first_name": (
+        [(ExpandOperation, 'expand.rename_column("customers", "first_name", "given_name")')],
+        [(ExpandOperation, "expand.abort()")],
+    ),
 }
 
 
@@ -83,7 +88,7 @@ def _line_number(path: Path, needle: str) -> int:
     return matches[0]
 
 
-def test_shop_example_has_nine_revisions() -> None:
+def test_shop_example_has_ten_revisions() -> None:
     assert sorted(p.stem for p in SHOP.glob("0*.py")) == sorted(SHOP_EXPECTED)
 
 
