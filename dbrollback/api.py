@@ -391,6 +391,14 @@ def _finish_expansions(conn: psycopg.Connection, result: MigrationResult, progre
     assert result.run_id is not None
     try:
         return finish_opened(conn, result.run_id, progress=progress, notify=notify)
+    except psycopg.Error as exc:
+        raise MigrationFailed(
+            f"Run {result.run_id} applied {', '.join(s.revision for s in result.applied)}, but finishing "
+            f"the expansions it opened failed: {error_text(exc)}. The revisions stay applied and the "
+            "expansions open; fix the cause, then `dbrollback backfill --resume` (backfills) or "
+            "`dbrollback contract` (it validates foreign keys), or `dbrollback abort`.",
+            run_id=result.run_id,
+        ) from None
     except DbrollbackError as exc:
         exc.message = (
             f"Run {result.run_id} applied {', '.join(s.revision for s in result.applied)}, but finishing "

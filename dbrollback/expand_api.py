@@ -13,7 +13,7 @@ from dbrollback.catalog import audit
 from dbrollback.catalog.lock import acquire, unlock
 from dbrollback.catalog.schema import catalog_exists, ensure_catalog
 from dbrollback.database import Database, Notify, connect, resolve_database
-from dbrollback.errors import ConfigError, DbrollbackError, RefusedForSafety
+from dbrollback.errors import ConfigError, DbrollbackError, MigrationFailed, RefusedForSafety
 from dbrollback.expand.lifecycle import (
     SYNCED_KINDS,
     Outcome,
@@ -27,6 +27,7 @@ from dbrollback.expand.lifecycle import (
 from dbrollback.expand.registry import OPEN, Expansion, list_expansions
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.settings import Settings
+from dbrollback.urls import redact
 
 
 def _quiet(_: str) -> None:
@@ -144,7 +145,22 @@ def _run(
                 details={"status": "started", "expansions": [e.id for e in expansions]},
             )
             try:
-                body(database, conn, expansions, result)
+                try:
+                    body(database, conn, expansions, result)
+                except psycopg.errors.LockNotAvailable:
+                    raise RefusedForSafety(
+                        f"{action.capitalize()} could not get its locks within lock_timeout "
+                        f"{_ms(settings)}; its current step changed nothing. Try again, or raise "
+                        "--lock-timeout."
+                    ) from None
+                except psycopg.Error as exc:
+                    done = ", ".join(str(o.expansion.id) for o in result.outcomes) or "none"
+                    raise MigrationFailed(
+                        f"{action.capitalize()} failed and its current step was rolled back: "
+                        f"{redact(str(exc)).strip().splitlines()[0]}. Expansions finished before it: {done}; "
+                        f"running `dbrollback {action}` again continues.",
+                        done=[o.expansion.id for o in result.outcomes],
+                    ) from None
             except BaseException as exc:
                 audit.record(
                     conn,
@@ -206,13 +222,7 @@ def abort_expansions(
                 f"dropped {', '.join(outcome.dropped) or 'nothing'}"
             )
 
-    try:
-        return _run(settings, "abort", revision, ids, dry_run, assume_yes, confirm, notify, body)
-    except psycopg.errors.LockNotAvailable:
-        raise RefusedForSafety(
-            f"Abort could not get its locks within lock_timeout {_ms(settings)}; nothing was changed. "
-            "Try again, or raise --lock-timeout."
-        ) from None
+    return _run(settings, "abort", revision, ids, dry_run, assume_yes, confirm, notify, body)
 
 
 def contract_expansions(
@@ -362,9 +372,14 @@ def refuse_contracted(conn: psycopg.Connection, revisions: list[str]) -> None:
             e = contracted[0]
             raise RefusedForSafety(
                 f"Revision {revision} opened expansion {e.id} ({e.table_name}: {describe(e)}), which was "
-                f"contracted at {e.closed_at:%Y-%m-%d %H:%M:%S %Z}: its old shape is gone, so the "
-                "downgrade cannot bring it back. The values are in the snapshot contract took "
-                "(`dbrollback snapshot list`). Nothing was changed.",
+                f"contracted at {e.closed_at:%Y-%m-%d %H:%M:%S %Z}"
+                + (
+                    ": its old shape is gone, so the downgrade cannot bring it back. The values are in the "
+                    "snapshot contract took (`dbrollback snapshot list`)."
+                    if e.kind in SYNCED_KINDS
+                    else ", so its downgrade would no longer undo it; write a new revision instead."
+                )
+                + " Nothing was changed.",
                 revision=revision,
                 expansion_id=e.id,
             )

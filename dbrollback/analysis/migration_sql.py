@@ -37,7 +37,7 @@ from dbrollback.alembic_bridge.project import AlembicProject
 from dbrollback.alembic_bridge.runner import MigrationRunner, PlannedStep, StepFailed, Timeouts
 from dbrollback.analysis.classify import classify_sql
 from dbrollback.analysis.scratch import ScratchUnavailable, open_scratch
-from dbrollback.errors import ConnectionFailed
+from dbrollback.errors import ConfigError, ConnectionFailed
 from dbrollback.urls import display_url, libpq_url, parse_database_url, redact, sqlalchemy_url
 
 __all__ = ["CapturedSQL", "CapturedStatement", "RevisionSQL", "capture_revision_sql", "render_offline"]
@@ -168,6 +168,8 @@ def capture_revision_sql(project: AlembicProject, database_url: str, target: str
                                f"{_error_text(failure.error)}{where}")  # fmt: skip
                 except _NotTheCopy as exc:
                     problem = str(exc)
+                except ConfigError:
+                    raise  # bad input in a revision (e.g. a dbrollback.expand call): the real run fails too
                 except Exception as exc:
                     problem = f"the upgrade could not run on the schema-only copy: {_error_text(exc)}"
         except ScratchUnavailable as exc:

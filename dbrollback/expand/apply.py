@@ -28,6 +28,16 @@ def _driver(operations: Operations) -> psycopg.Connection:
 
 
 def apply_operation(operations: Operations, operation: ExpandOperation) -> None:
+    try:
+        _apply(operations, operation)
+    except ConfigError as exc:
+        if operation.revision and not exc.message.startswith("Revision "):
+            exc.message = f"Revision {operation.revision}: {exc.message}"
+            exc.args = (exc.message,)
+        raise
+
+
+def _apply(operations: Operations, operation: ExpandOperation) -> None:
     from dbrollback.catalog.schema import ensure_catalog
     from dbrollback.expand.table import live_table
 
@@ -128,6 +138,11 @@ def _abort_revision(conn: psycopg.Connection, revision: str | None) -> None:
 
     if revision is None:
         raise ConfigError("expand.abort() must be called from a revision's downgrade().")
+    from dbrollback.expand_api import refuse_contracted
+
+    # A contracted expansion's old shape is gone: moving the version back would leave the new
+    # shape behind under the old revision, so the downgrade is refused (exit 3 under dbrollback).
+    refuse_contracted(conn, [revision])
     for expansion in reversed(list_expansions(conn, revision=revision, exact=True)):
         if expansion.revision == revision:
             abort(conn, expansion, "downgrade")

@@ -95,7 +95,7 @@ def abort(conn: psycopg.Connection, expansion: Expansion, actor: str) -> Outcome
     spec = expansion.spec
     dropped: list[str] = []
     if expansion.kind in SYNCED_KINDS or expansion.kind == "not_null_column":
-        synced.drop_trigger(conn, table, expansion.id)
+        synced.drop_trigger(conn, table, expansion.table[0], expansion.id)
         dropped.append(f"trigger {synced.object_name(expansion.id)}")
         columns = [c["name"] for c in spec["new"]] if expansion.kind in SYNCED_KINDS else [spec["column"]]
         if table is not None:
@@ -173,13 +173,14 @@ def contract_problems(
             problems.append(f"{bad:,} of {checked:,} rows have new column(s) that do not match the old ones")
         for old in sync.old:
             used_by = dependents(conn, table, old)
-            views = [d for d in used_by if d.startswith("view ")]
+            # Another table's foreign key or a view cannot go with the column: always refused.
+            views = [d for d in used_by if d.startswith(("view ", "foreign key "))]
             if views or (used_by and not drop_dependents):
                 problems.append(
                     f"column {old} is used by {', '.join(used_by)}; dropping it would drop "
                     + ("or break them" if views else "them")
                     + ". Recreate them on the new column (expand.create_index, expand.add_foreign_key) "
-                    + ("and drop the views' use of it" if views else "and pass --drop-dependents")
+                    + ("and move those off it first" if views else "and pass --drop-dependents")
                 )
     elif expansion.kind == "not_null_column":
         if spec["column"] not in table.columns:
@@ -190,6 +191,14 @@ def contract_problems(
         outcome.checked_rows, outcome.out_of_sync_rows = checked, bad
         if bad:
             problems.append(f"{bad:,} of {checked:,} rows still have {spec['column']} NULL")
+    elif expansion.kind == "foreign_key":
+        checked, bad = schema_objects.orphan_rows(conn, table, spec)
+        outcome.checked_rows, outcome.out_of_sync_rows = checked, bad
+        if bad:
+            problems.append(
+                f"{bad:,} of {checked:,} rows reference no row of {'.'.join(spec['referent'])}, so "
+                f"{spec['name']} cannot be validated; fix or delete them first"
+            )
     elif expansion.kind == "index":
         state = schema_objects.index_state(conn, expansion.table[0], spec["name"])
         if state is not True:
@@ -263,7 +272,7 @@ def contract(
     def finish() -> None:
         spec = expansion.spec
         if expansion.kind in SYNCED_KINDS or expansion.kind == "not_null_column":
-            synced.drop_trigger(conn, table, expansion.id)
+            synced.drop_trigger(conn, table, expansion.table[0], expansion.id)
             outcome.dropped.append(f"trigger {synced.object_name(expansion.id)}")
         for column, name in checks:
             _alter(conn, table, sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(column)))

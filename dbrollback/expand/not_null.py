@@ -50,12 +50,14 @@ def start(
     body = f"BEGIN IF NEW.{target} IS NULL THEN NEW.{target} := {value}; END IF; RETURN NEW; END"
     conn.execute(
         sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-            function_ident(expansion_id), sql.Literal(body)
+            function_ident(table.name[0], expansion_id), sql.Literal(body)
         )
     )
     conn.execute(
         sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
-            sql.Identifier(object_name(expansion_id)), table.ident, function_ident(expansion_id)
+            sql.Identifier(object_name(expansion_id)),
+            table.ident,
+            function_ident(table.name[0], expansion_id),
         )
     )
     backfill_id = create_backfill(

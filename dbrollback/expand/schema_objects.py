@@ -76,6 +76,28 @@ def validate_foreign_key(conn: psycopg.Connection, table: LiveTable, name: str) 
     conn.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table.ident, sql.Identifier(name)))
 
 
+def orphan_rows(conn: psycopg.Connection, table: LiveTable, spec: dict[str, Any]) -> tuple[int, int]:
+    """(rows, rows whose key matches no referenced row): what VALIDATE CONSTRAINT would reject."""
+    local = [sql.Identifier("s", c) for c in spec["local_cols"]]
+    matches = sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier("r", remote), sql.Identifier("s", column))
+        for column, remote in zip(spec["local_cols"], spec["remote_cols"], strict=True)
+    )
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*), count(*) FILTER (WHERE {} AND NOT EXISTS (SELECT FROM {} AS r WHERE {})) "
+            "FROM {} AS s"
+        ).format(
+            sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(c) for c in local),
+            sql.Identifier(*spec["referent"]),
+            matches,
+            table.ident,
+        )
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 def index_spec(
     table: LiveTable, name: str, columns: list[str], *, unique: bool, where: str | None, using: str | None
 ) -> dict[str, Any]:

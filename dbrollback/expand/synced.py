@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dbrollback.catalog import OBJECT_PREFIX, SCHEMA
+from dbrollback.catalog import OBJECT_PREFIX
 from dbrollback.errors import ConfigError
 from dbrollback.expand.registry import Expansion, record_expansion, set_spec
 from dbrollback.expand.sqlexpr import check_expression, row_expression
@@ -64,8 +64,10 @@ def object_name(expansion_id: int) -> str:
     return f"{OBJECT_PREFIX}expand_{expansion_id}"
 
 
-def function_ident(expansion_id: int) -> sql.Identifier:
-    return sql.Identifier(SCHEMA, object_name(expansion_id))
+def function_ident(schema: str, expansion_id: int) -> sql.Identifier:
+    """The trigger function lives beside its table, not in the dbrollback schema: a schema-only
+    copy of the user's schemas (plan, upgrade's analysis) must restore the trigger too."""
+    return sql.Identifier(schema, object_name(expansion_id))
 
 
 def _q(conn: psycopg.Connection, name: str) -> str:
@@ -101,13 +103,15 @@ def start(
     columns = [*table.columns, *(n.name for n in spec.new)]
     conn.execute(
         sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-            function_ident(expansion_id),
+            function_ident(table.name[0], expansion_id),
             sql.Literal(trigger_body(conn, table, spec, expansion_id, columns)),
         )
     )
     conn.execute(
         sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
-            sql.Identifier(object_name(expansion_id)), table.ident, function_ident(expansion_id)
+            sql.Identifier(object_name(expansion_id)),
+            table.ident,
+            function_ident(table.name[0], expansion_id),
         )
     )
     set_sql = ", ".join(f"{_q(conn, n.name)} = {_up(conn, n, columns, None)}" for n in spec.new)
@@ -188,7 +192,10 @@ def trigger_body(
     )
     all_new_null = " AND ".join(f"NEW.{q(n)} IS NULL" for n in new_names)
     all_old_null = " AND ".join(f"NEW.{q(o)} IS NULL" for o in spec.old)
-    old_changed = " OR ".join(f"NEW.{q(o)} IS DISTINCT FROM OLD.{q(o)}" for o in spec.old)
+    # Old code may change any column ``up`` reads, not only the old ones: watch them all.
+    read_by_up = [c for n in spec.new for c in check_expression(n.up, table.columns, "up")]
+    watched = [c for c in dict.fromkeys([*spec.old, *read_by_up]) if c not in new_names]
+    old_changed = " OR ".join(f"NEW.{q(o)} IS DISTINCT FROM OLD.{q(o)}" for o in watched)
     new_changed = " OR ".join(f"NEW.{q(n)} IS DISTINCT FROM OLD.{q(n)}" for n in new_names)
     return f"""
 BEGIN
@@ -234,11 +241,11 @@ def spec_of(expansion: Expansion) -> SyncSpec:
     return SyncSpec.from_dict(expansion.spec)
 
 
-def drop_trigger(conn: psycopg.Connection, table: LiveTable | None, expansion_id: int) -> None:
+def drop_trigger(conn: psycopg.Connection, table: LiveTable | None, schema: str, expansion_id: int) -> None:
     if table is not None:
         conn.execute(
             sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
                 sql.Identifier(object_name(expansion_id)), table.ident
             )
         )
-    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function_ident(expansion_id)))
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function_ident(schema, expansion_id)))

@@ -29,7 +29,8 @@ JOIN pg_catalog.pg_attribute a ON a.attrelid = %(oid)s AND a.attname = %(column)
 WHERE d.classid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND d.refobjsubid = a.attnum
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint c WHERE c.conindid = ci.oid AND c.conrelid = %(oid)s)
 UNION ALL
-SELECT 'constraint ' || quote_ident(c.conname)
+SELECT CASE WHEN c.conrelid = %(oid)s THEN 'constraint ' || quote_ident(c.conname)
+            ELSE 'foreign key ' || quote_ident(c.conname) || ' of ' || c.conrelid::regclass::text END
 FROM pg_catalog.pg_constraint c
 JOIN pg_catalog.pg_attribute a ON a.attrelid = %(oid)s AND a.attname = %(column)s
 WHERE (c.conrelid = %(oid)s AND a.attnum = ANY(c.conkey) AND c.contype <> 'n')
@@ -135,6 +136,7 @@ def require_key(conn: psycopg.Connection, table: LiveTable) -> None:
 
 
 def dependents(conn: psycopg.Connection, table: LiveTable, column: str) -> list[str]:
-    """Indexes, constraints and views that use ``column``."""
+    """Indexes, constraints and views that use ``column`` ("index x", "constraint x", "foreign key x
+    of other_table" for another table's key referencing it, "view v")."""
     rows = conn.execute(_DEPENDENTS_SQL, {"oid": table.oid, "column": column}).fetchall()
     return [r[0] for r in rows]

@@ -79,6 +79,7 @@ class RollbackResult:
             "dry_run": self.dry_run,
             "tables": [t.to_dict() for t in self.tables],
             "skipped_downgrades": [s.to_dict() for s in self.skipped_downgrades],
+            "notes": self.notes,
             "schema_matches": self.schema_matches,
             "schema_differences": self.schema_differences,
             "verified": self.verified,
