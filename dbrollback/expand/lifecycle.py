@@ -95,8 +95,8 @@ def abort(conn: psycopg.Connection, expansion: Expansion, actor: str) -> Outcome
     spec = expansion.spec
     dropped: list[str] = []
     if expansion.kind in SYNCED_KINDS or expansion.kind == "not_null_column":
-        synced.drop_trigger(conn, table, expansion.table[0], expansion.id)
-        dropped.append(f"trigger {synced.object_name(expansion.id)}")
+        synced.drop_trigger(conn, table, expansion.table[0], synced.trigger_name(expansion))
+        dropped.append(f"trigger {synced.trigger_name(expansion)}")
         columns = [c["name"] for c in spec["new"]] if expansion.kind in SYNCED_KINDS else [spec["column"]]
         if table is not None:
             for column in columns:
@@ -272,8 +272,8 @@ def contract(
     def finish() -> None:
         spec = expansion.spec
         if expansion.kind in SYNCED_KINDS or expansion.kind == "not_null_column":
-            synced.drop_trigger(conn, table, expansion.table[0], expansion.id)
-            outcome.dropped.append(f"trigger {synced.object_name(expansion.id)}")
+            synced.drop_trigger(conn, table, expansion.table[0], synced.trigger_name(expansion))
+            outcome.dropped.append(f"trigger {synced.trigger_name(expansion)}")
         for column, name in checks:
             _alter(conn, table, sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(column)))
             _alter(conn, table, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(name)))

@@ -15,7 +15,7 @@ from psycopg import sql
 from dbrollback.catalog import OBJECT_PREFIX
 from dbrollback.expand.registry import record_expansion, set_spec
 from dbrollback.expand.sqlexpr import check_expression, row_expression
-from dbrollback.expand.synced import function_ident, object_name
+from dbrollback.expand.synced import function_ident, new_object_name
 from dbrollback.expand.table import LiveTable, require_key
 
 
@@ -41,6 +41,7 @@ def start(
     expansion_id = record_expansion(
         conn, revision=revision, kind="not_null_column", table=table.name, spec=spec
     )
+    spec["trigger"] = name = new_object_name(expansion_id)
     conn.execute(
         sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(table.ident, sql.Identifier(column), sql.SQL(type_))
     )
@@ -50,14 +51,14 @@ def start(
     body = f"BEGIN IF NEW.{target} IS NULL THEN NEW.{target} := {value}; END IF; RETURN NEW; END"
     conn.execute(
         sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-            function_ident(table.name[0], expansion_id), sql.Literal(body)
+            function_ident(table.name[0], name), sql.Literal(body)
         )
     )
     conn.execute(
         sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
-            sql.Identifier(object_name(expansion_id)),
+            sql.Identifier(name),
             table.ident,
-            function_ident(table.name[0], expansion_id),
+            function_ident(table.name[0], name),
         )
     )
     backfill_id = create_backfill(

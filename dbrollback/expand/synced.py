@@ -18,6 +18,7 @@ like a write to both. Abort puts it back; contract gives the new column ``new_de
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ class SyncSpec:
     moved_defaults: dict[str, str] = field(default_factory=dict)  # old column -> its DEFAULT
     new_default: str | None = None  # DEFAULT given to the (single) new column at contract
     not_null: bool = False  # contract makes the new column(s) NOT NULL (the old one was)
+    trigger: str = ""  # name of the dual-write trigger and its function
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,15 +61,21 @@ class SyncSpec:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def object_name(expansion_id: int) -> str:
-    """The trigger and trigger function of an expansion (fixed, greppable prefix)."""
-    return f"{OBJECT_PREFIX}expand_{expansion_id}"
+def new_object_name(expansion_id: int) -> str:
+    """A name for an expansion's trigger and trigger function (fixed, greppable prefix). The random
+    part keeps it unique where expansion ids restart: plan's schema-only copy has a fresh catalog
+    but the user's schemas, open expansions' triggers included."""
+    return f"{OBJECT_PREFIX}expand_{expansion_id}_{secrets.token_hex(3)}"
 
 
-def function_ident(schema: str, expansion_id: int) -> sql.Identifier:
+def trigger_name(expansion: Expansion) -> str:
+    return str(expansion.spec["trigger"])
+
+
+def function_ident(schema: str, name: str) -> sql.Identifier:
     """The trigger function lives beside its table, not in the dbrollback schema: a schema-only
     copy of the user's schemas (plan, upgrade's analysis) must restore the trigger too."""
-    return sql.Identifier(schema, object_name(expansion_id))
+    return sql.Identifier(schema, name)
 
 
 def _q(conn: psycopg.Connection, name: str) -> str:
@@ -90,6 +98,7 @@ def start(
         if column.default is not None:
             spec.moved_defaults[old] = column.default
     expansion_id = record_expansion(conn, revision=revision, kind=kind, table=table.name, spec=spec.to_dict())
+    spec.trigger = new_object_name(expansion_id)
     for new in spec.new:
         conn.execute(
             sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
@@ -103,15 +112,15 @@ def start(
     columns = [*table.columns, *(n.name for n in spec.new)]
     conn.execute(
         sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-            function_ident(table.name[0], expansion_id),
+            function_ident(table.name[0], spec.trigger),
             sql.Literal(trigger_body(conn, table, spec, expansion_id, columns)),
         )
     )
     conn.execute(
         sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
-            sql.Identifier(object_name(expansion_id)),
+            sql.Identifier(spec.trigger),
             table.ident,
-            function_ident(table.name[0], expansion_id),
+            function_ident(table.name[0], spec.trigger),
         )
     )
     set_sql = ", ".join(f"{_q(conn, n.name)} = {_up(conn, n, columns, None)}" for n in spec.new)
@@ -241,11 +250,7 @@ def spec_of(expansion: Expansion) -> SyncSpec:
     return SyncSpec.from_dict(expansion.spec)
 
 
-def drop_trigger(conn: psycopg.Connection, table: LiveTable | None, schema: str, expansion_id: int) -> None:
+def drop_trigger(conn: psycopg.Connection, table: LiveTable | None, schema: str, name: str) -> None:
     if table is not None:
-        conn.execute(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(object_name(expansion_id)), table.ident
-            )
-        )
-    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function_ident(schema, expansion_id)))
+        conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table.ident))
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function_ident(schema, name)))
