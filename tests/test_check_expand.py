@@ -4,6 +4,7 @@ caught by check as by lint (expand-without-abort / missing-downgrade)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -215,3 +216,23 @@ def test_check_reports_the_triggers_a_hand_written_downgrade_leaves(project: Pro
         "trigger _dbrb_expand_1 on public.customers exists after the downgrade but not before the upgrade",
         "trigger _dbrb_expand_2 on public.customers exists after the downgrade but not before the upgrade",
     ]
+
+
+def test_check_runs_the_backfill_an_expansion_opens(project: Project, cli, database_url: str) -> None:
+    # `up` fails on every existing row (division by zero): Alembic alone would pass it, the
+    # backfill `dbrollback upgrade` runs after the commit would not.
+    project.add_revision("r1", None, TABLES, DROP_TABLES)
+    project.add_revision(
+        "r2",
+        "r1",
+        'expand.add_synced_column("customers", "ratio", "numeric", old_column="id", up="1 / (id - id)")',
+        "expand.abort()",
+        header=HEADER,
+    )
+
+    result = cli("check", "--database-url", database_url, "--json")
+
+    assert result.code == 1, result.out + result.err
+    r2 = _by_revision(result.json)["r2"]
+    problems = json.dumps(r2)
+    assert "the backfill it opened failed" in problems and "division by zero" in problems

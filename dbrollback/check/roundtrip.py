@@ -88,6 +88,25 @@ class Session:
     def close(self) -> None:
         self._stack.close()
 
+    def upgrade(self, revision: str) -> None:
+        """Upgrade ``revision`` as `dbrollback upgrade` does: then run the backfills of the
+        expansions it opened (dbrollback.expand), so an ``up`` that fails on rows fails here."""
+        from dbrollback.backfill.engine import run_backfill, unfinished_backfills
+        from dbrollback.errors import DbrollbackError
+
+        self.driver.upgrade(revision)
+        for record in unfinished_backfills(self.conn):
+            try:
+                run_backfill(self.conn, record.id)
+            except DbrollbackError as exc:
+                # Back to where the upgrade started (its downgrade is expand.abort()), so the round
+                # trip can be retried on other rows like any failed upgrade.
+                with contextlib.suppress(StepError):
+                    self.driver.downgrade(revision)
+                raise StepError(
+                    revision, "upgrade", Exception(f"the backfill it opened failed: {exc.message}")
+                ) from exc
+
     def tables(self) -> list[TableInfo]:
         return describe_tables(self.conn, self.version_table)
 
@@ -151,7 +170,7 @@ def check_revision(session: Session, planned: PlannedRevision, seeder: Seeder,
     )
     check.data_roundtrip = LOST if check.lost else UNVERIFIED if check.unverified else OK
     try:
-        session.driver.upgrade(planned.revision)
+        session.upgrade(planned.revision)
         check.reupgrade = OK
     except StepError as exc:
         check.reupgrade = ERROR
@@ -180,7 +199,7 @@ def _upgrade(session: Session, revision: str, seeder: Seeder, seeding: SeedingNo
     """Upgrade ``revision``, retrying as the module docstring says; returns the rows present just
     before the upgrade that passed (what the data round trip is checked against), None if none did."""
     try:
-        session.driver.upgrade(revision)
+        session.upgrade(revision)
         check.upgrade = OK
         return rows
     except StepError as exc:
@@ -192,7 +211,7 @@ def _upgrade(session: Session, revision: str, seeder: Seeder, seeding: SeedingNo
         seeding.add(revision, seeder.fill_empty(session.conn, session.tables(), without_nulls=True), "before")
         rows = session.read_all(session.tables())
         try:
-            session.driver.upgrade(revision)
+            session.upgrade(revision)
         except StepError as exc:
             failure = exc
         else:
@@ -204,7 +223,7 @@ def _upgrade(session: Session, revision: str, seeder: Seeder, seeding: SeedingNo
             return rows
     session.truncate_all()
     try:
-        session.driver.upgrade(revision)
+        session.upgrade(revision)
     except StepError as exc:
         check.upgrade = ERROR
         check.errors.append(f"upgrade failed: {exc.detail}")
@@ -284,7 +303,7 @@ class _Run:
         self.session = Session(self.workspace.replace(), self.alembic_ini)
         for revision in self.applied:
             try:
-                self.session.driver.upgrade(revision)
+                self.session.upgrade(revision)
             except StepError as exc:
                 self.stopped = f"{reason}, and replaying {revision} on a fresh database failed: {exc.detail}"
                 return
@@ -304,7 +323,7 @@ class _Run:
         assert self.session is not None
         if not planned.checked:
             try:
-                self.session.driver.upgrade(planned.revision)
+                self.session.upgrade(planned.revision)
                 self.applied.append(planned.revision)
             except StepError as exc:
                 self.unavailable[planned.revision] = (
