@@ -676,9 +676,9 @@ def test_create_index_rebuilds_an_invalid_leftover_then_abort_drops_it(
     assert [e[3] for e in _expansions(db)] == ["aborted"]
 
 
-def test_create_index_replaces_an_index_marked_invalid(project, cli, db, database_url, tmp_path):
-    store = tmp_path / "store"
-    args = _args(database_url, store)
+def _index_project(project: Project, cli, database_url: str, tmp_path: Path) -> list[str]:
+    """t(id, v) with 500 rows at r1; r2 (pending) builds ix_t_v with expand.create_index."""
+    args = _args(database_url, tmp_path / "store")
     project.add_revision(
         "r1",
         None,
@@ -691,6 +691,11 @@ def test_create_index_replaces_an_index_marked_invalid(project, cli, db, databas
         "r2", "r1", 'from dbrollback import expand\nexpand.create_index("ix_t_v", "t", ["v"])', ABORT
     )
     _run(cli, "upgrade", "r1", *args)
+    return args
+
+
+def test_create_index_replaces_an_index_marked_invalid(project, cli, db, database_url, tmp_path):
+    args = _index_project(project, cli, database_url, tmp_path)
     db.execute("CREATE INDEX ix_t_v ON t (id)")  # the wrong definition, and INVALID
     db.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'ix_t_v'::regclass")
     _run(cli, "upgrade", *args)
@@ -702,20 +707,7 @@ def test_create_index_replaces_an_index_marked_invalid(project, cli, db, databas
 def test_create_index_is_built_concurrently_without_blocking_writes(project, cli, db, database_url, tmp_path):
     """While a transaction that wrote the table stays open, the build waits for it (as CREATE INDEX
     CONCURRENTLY does) and other sessions go on writing (a plain CREATE INDEX would queue them)."""
-    store = tmp_path / "store"
-    args = _args(database_url, store)
-    project.add_revision(
-        "r1",
-        None,
-        """
-        op.create_table("t", sa.Column("id", sa.Integer, primary_key=True), sa.Column("v", sa.Integer))
-        op.execute("INSERT INTO t SELECT g, g FROM generate_series(1, 500) g")
-        """,
-    )
-    project.add_revision(
-        "r2", "r1", 'from dbrollback import expand\nexpand.create_index("ix_t_v", "t", ["v"])', ABORT
-    )
-    _run(cli, "upgrade", "r1", *args)
+    args = _index_project(project, cli, database_url, tmp_path)
     building = (
         "SELECT command, phase FROM pg_stat_progress_create_index "
         "WHERE datname = current_database() AND relid = 't'::regclass"

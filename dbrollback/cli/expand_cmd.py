@@ -42,6 +42,14 @@ def _render(console: Console, result: ExpandCommandResult) -> None:
             console.line(f"Note: expansion {o.expansion.id}: {note}", style="yellow")
 
 
+def _emit(state: AppState, result: ExpandCommandResult) -> int:
+    if state.json:
+        state.console.emit_json(result.to_dict())
+    else:
+        _render(state.console, result)
+    return 0
+
+
 def _confirm(state: AppState, action: str, what: str) -> object:
     """A confirm callback for the api: asks on a terminal, refuses (exit 3) without one."""
 
@@ -114,11 +122,7 @@ def contract(
             progress=progress,
             notify=state.console.notice,
         )
-    if state.json:
-        state.console.emit_json(result.to_dict())
-    else:
-        _render(state.console, result)
-    return 0
+    return _emit(state, result)
 
 
 @click.command()
@@ -147,11 +151,7 @@ def abort(state: AppState, revision: str | None, ids: tuple[int, ...], dry_run: 
         confirm=_confirm(state, "abort", "Abort"),  # type: ignore[arg-type]
         notify=state.console.notice,
     )
-    if state.json:
-        state.console.emit_json(result.to_dict())
-    else:
-        _render(state.console, result)
-    return 0
+    return _emit(state, result)
 
 
 COMMANDS = [contract, abort]
