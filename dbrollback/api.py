@@ -278,6 +278,17 @@ class _JournalHooks:
                 self.roll_forward.after_revision(driver, step.revision)
             for number, target in enumerate(self._fingerprints_due.pop(step.revision, []), 1):
                 self._fingerprint(driver, step, target, number)
+        else:
+            # A downgrade not written as expand.abort() may leave the revision's expansions open,
+            # their dual-write triggers reading columns it dropped: closed here, in its transaction.
+            from dbrollback.expand_api import abort_for_rollback
+
+            driver = connection.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            for outcome in abort_for_rollback(driver, step.revision, "downgrade"):
+                self.notify(
+                    f"Expansion {outcome.expansion.id} of {step.revision} aborted after its downgrade"
+                )
         record_applied_step(connection, self.run_id, step.revision, step.phase, started_at, attempt)
         self.notify(f"{step.phase} {step.revision} applied" + (f": {step.doc}" if step.doc else ""))
 
@@ -369,6 +380,10 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
             if marked:
                 notify(f"Marked earlier run(s) {', '.join(map(str, marked))} as interrupted")
             refuse_pending_batched_rollback(conn)
+            if direction == "downgrade":
+                from dbrollback.expand_api import refuse_contracted
+
+                refuse_contracted(conn, [s.revision for s in planned])
             forward = _roll_forward(settings, conn, direction, planned, skip_saved_values, notify)
             duty = _snapshot_duty(settings, database, direction, target, planned, snapshot, progress, notify)
             journal = Journal(conn, settings.actor)
@@ -378,35 +393,34 @@ def migrate(settings: Settings, direction: str, target: str, *, dry_run: bool = 
             runner.hooks = hooks
             result = _run_journaled(settings, conn, runner, hooks, direction, target, marked, database)
             if backfill and direction == "upgrade" and result.run_id is not None:
-                result.expansions = _finish_expansions(conn, result, progress, notify)
+                result.expansions = _finish_expansions(settings, conn, result, progress, notify)
             return result
         finally:
             unlock(conn)
 
 
-def _finish_expansions(conn: psycopg.Connection, result: MigrationResult, progress: ProgressReporter,
-                       notify: Notify) -> list[dict[str, Any]]:  # fmt: skip
+def _finish_expansions(settings: Settings, conn: psycopg.Connection, result: MigrationResult,
+                       progress: ProgressReporter, notify: Notify) -> list[dict[str, Any]]:  # fmt: skip
+    """Backfills and validations after the run committed. Their failure is exit 4 with resumable
+    true (like a --batched rollback after its first commit): the revisions stay applied, so it is
+    neither a refusal nor a rolled-back migration."""
     from dbrollback.expand_api import finish_opened
 
     assert result.run_id is not None
+    applied = ", ".join(s.revision for s in result.applied) or "nothing new"
     try:
-        return finish_opened(conn, result.run_id, progress=progress, notify=notify)
-    except psycopg.Error as exc:
+        return finish_opened(conn, result.run_id, lock_timeout=settings.lock_timeout,
+                             retries=settings.lock_retries, progress=progress, notify=notify)  # fmt: skip
+    except (psycopg.Error, DbrollbackError) as exc:
+        why = exc.message if isinstance(exc, DbrollbackError) else f"{error_text(exc)}."
         raise MigrationFailed(
-            f"Run {result.run_id} applied {', '.join(s.revision for s in result.applied)}, but finishing "
-            f"the expansions it opened failed: {error_text(exc)}. The revisions stay applied and the "
-            "expansions open; fix the cause, then `dbrollback backfill --resume` (backfills) or "
-            "`dbrollback contract` (it validates foreign keys), or `dbrollback abort`.",
+            f"Run {result.run_id} applied {applied}, but finishing the expansions it opened stopped: "
+            f"{why} The revisions stay applied and the expansions open; fix the cause, then "
+            "`dbrollback backfill --resume` (backfills) or `dbrollback contract` (it validates "
+            "foreign keys), or `dbrollback abort`.",
             run_id=result.run_id,
+            resumable=True,
         ) from None
-    except DbrollbackError as exc:
-        exc.message = (
-            f"Run {result.run_id} applied {', '.join(s.revision for s in result.applied)}, but finishing "
-            f"the expansions it opened stopped: {exc.message} The revisions stay applied; "
-            "`dbrollback backfill --resume` continues."
-        )
-        exc.fields["run_id"] = result.run_id
-        raise
 
 
 def refuse_pending_batched_rollback(conn: psycopg.Connection) -> None:

@@ -320,13 +320,21 @@ def _ms(settings: Settings) -> str:
 
 
 def finish_opened(
-    conn: psycopg.Connection, run_id: int, *, progress: ProgressReporter = SILENT, notify: Notify = _quiet
+    conn: psycopg.Connection,
+    run_id: int,
+    *,
+    lock_timeout: Any = None,
+    retries: int = 0,
+    progress: ProgressReporter = SILENT,
+    notify: Notify = _quiet,
 ) -> list[dict[str, Any]]:
     """After an upgrade's revisions committed: backfill the expansions the run opened and validate
-    its NOT VALID foreign keys, each in short transactions of its own; also finishes what earlier
-    runs left (killed, or --no-backfill). Returns what was done."""
+    its NOT VALID foreign keys (under ``lock_timeout``), each in short transactions of its own.
+    Backfills earlier runs left unfinished (killed, or --no-backfill) are continued too, but their
+    failure is only reported: it is not this run's. Returns what was done."""
     from dbrollback.backfill.engine import run_backfill
     from dbrollback.expand import schema_objects
+    from dbrollback.expand.lifecycle import _in_transaction
     from dbrollback.expand.table import table_by_name
 
     done: list[dict[str, Any]] = []
@@ -337,24 +345,32 @@ def finish_opened(
                 "SELECT status FROM dbrollback.backfills WHERE id = %s", (e.backfill_id,)
             ).fetchone()
             state = row[0] if row else None
-        if e.run_id != run_id and state in (None, "done", "cancelled"):
-            continue
+        ours = e.run_id == run_id
         if e.backfill_id is not None and state not in (None, "done", "cancelled"):
             notify(f"Backfilling expansion {e.id} ({e.table_name}: {describe(e)})")
-            outcome = run_backfill(conn, e.backfill_id, progress=progress, notify=notify)
+            try:
+                outcome = run_backfill(conn, e.backfill_id, progress=progress, notify=notify)
+            except DbrollbackError as exc:
+                if ours:
+                    raise
+                notify(f"Warning: the backfill of expansion {e.id} (an earlier run's) stopped: {exc.message}")
+                continue
             done.append({"expansion_id": e.id, "backfill": outcome.to_dict()})
-        elif e.kind == "foreign_key" and not e.spec.get("validated"):
+        elif ours and e.kind == "foreign_key" and not e.spec.get("validated"):
             table = table_by_name(conn, e.table)
-            if table is not None:
-                with conn.transaction():
-                    schema_objects.validate_foreign_key(conn, table, e.spec["name"])
-                    conn.execute(
-                        "UPDATE dbrollback.expansions SET spec = spec || '{\"validated\": true}' "
-                        "WHERE id = %s",
-                        (e.id,),
-                    )
-                done.append({"expansion_id": e.id, "validated": e.spec["name"]})
-                notify(f"Validated foreign key {e.spec['name']} on {e.table_name}")
+            if table is None:
+                continue
+
+            def validate(table: Any = table, e: Expansion = e) -> None:
+                schema_objects.validate_foreign_key(conn, table, e.spec["name"])
+                conn.execute(
+                    "UPDATE dbrollback.expansions SET spec = spec || '{\"validated\": true}' WHERE id = %s",
+                    (e.id,),
+                )
+
+            _in_transaction(conn, lock_timeout, retries, validate)
+            done.append({"expansion_id": e.id, "validated": e.spec["name"]})
+            notify(f"Validated foreign key {e.spec['name']} on {e.table_name}")
     return done
 
 
@@ -395,3 +411,17 @@ def abort_for_rollback(conn: psycopg.Connection, revision: str, actor: str) -> l
         for e in reversed(list_expansions(conn, revision=revision, exact=True))
         if e.revision == revision
     ]
+
+
+def mirrored_columns(conn: psycopg.Connection, table: tuple[str, str]) -> set[str]:
+    """New columns of the table's open synced expansions: every write to them is mirrored into the
+    old columns by the dual-write trigger, so a rollback has nothing of theirs to save (putting
+    saved values back later would overwrite writes made to the old columns meanwhile)."""
+    if not catalog_exists(conn):
+        return set()
+    return {
+        c["name"]
+        for e in list_expansions(conn)
+        if e.table == table and e.kind in SYNCED_KINDS
+        for c in e.spec["new"]
+    }

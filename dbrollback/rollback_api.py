@@ -26,7 +26,7 @@ from dbrollback.catalog.revision_sources import stored_revision_source
 from dbrollback.catalog.schema import catalog_exists, ensure_catalog
 from dbrollback.database import Database, Notify, connect, resolve_database
 from dbrollback.errors import ConfigError, DbrollbackError, MigrationFailed, RefusedForSafety
-from dbrollback.expand_api import refuse_contracted
+from dbrollback.expand_api import mirrored_columns, refuse_contracted
 from dbrollback.progress import SILENT, ProgressReporter
 from dbrollback.rollback.execute import DryRunFinished
 from dbrollback.rollback.fill import (
@@ -553,7 +553,10 @@ def _save_values_the_downgrade_drops(
                 continue
             before = {c.name for c in plan.table_manifest(f).columns}
             now = live_columns(conn, f.schema, f.table) or {}
-            added = [c for c, info in now.items() if c not in before and not info.generated]
+            mirrored = mirrored_columns(conn, table)
+            added = [
+                c for c, info in now.items() if c not in before and not info.generated and c not in mirrored
+            ]
             if not added or not _any_value(conn, table, added):
                 continue
             manifest = take_snapshot(

@@ -69,7 +69,7 @@ def _expansions(db: psycopg.Connection) -> list[tuple[Any, ...]]:
 
 def _stable(text: str) -> str:
     """Trigger/function names without their random part (_dbrb_expand_<id>_<hex>)."""
-    return re.sub(r"(_dbrb_expand_\d+)_[0-9a-f]{6}", r"\1", text)
+    return re.sub(r"(_dbrb_expand_)0*(\d+)_[0-9a-f]{6}", r"\1\2", text)
 
 
 def _triggers(db: psycopg.Connection, table: str) -> list[str]:

@@ -319,24 +319,49 @@ def test_rollback_of_the_run_that_opened_it_aborts(project, cli, db, database_ur
     assert doc["reverted_revisions"] == ["r2"]
     assert _version(db) == ["r1"]
     _assert_as_before(db, before, expected)
-    # aborted by the rollback itself, before the downgrade (whose expand.abort() found nothing open)
+    # aborted by the revision's downgrade (expand.abort()), in the rollback's transaction
+    assert db.execute("SELECT status, closed_by FROM dbrollback.expansions").fetchall() == [
+        ("aborted", "downgrade")
+    ]
+
+
+def _hand_written_downgrade(project: Project) -> None:
+    """r2's downgrade rewritten by hand, without expand.abort() (lint's expand-without-abort)."""
+    project.add_revision(
+        "r2",
+        "r1",
+        'from dbrollback import expand\nexpand.rename_column("customers", "name", "full_name")',
+        'op.drop_column("customers", "full_name")',
+    )
+
+
+def test_rollback_says_it_aborted_the_expansion(project, cli, db, database_url, tmp_path):
+    store = tmp_path / "store"
+    before, expected = _expanded(project, cli, db, database_url, store)
+    _hand_written_downgrade(project)
+    result = _run(cli, "rollback", "--yes", *_args(database_url, store))
+    # the downgrade dropped the column; the rollback aborted what it left (trigger, old DEFAULT)
+    assert "Note: expansion 1 of r2 (public.customers: name -> full_name) aborted" in result.out
+    _assert_as_before(db, before, expected)
     assert db.execute("SELECT status, closed_by FROM dbrollback.expansions").fetchall() == [
         ("aborted", "rollback")
     ]
 
 
-def test_rollback_says_it_aborted_the_expansion(project, cli, db, database_url, tmp_path):
-    store = tmp_path / "store"
-    _expanded(project, cli, db, database_url, store)
-    result = _run(cli, "rollback", "--yes", *_args(database_url, store))
-    assert "Note: expansion 1 of r2 (public.customers: name -> full_name) aborted" in result.out
-
-
 def test_rollback_json_reports_the_aborted_expansion(project, cli, db, database_url, tmp_path):
     store = tmp_path / "store"
     _expanded(project, cli, db, database_url, store)
+    _hand_written_downgrade(project)
     doc = _run(cli, "rollback", "--yes", "--json", *_args(database_url, store)).json
     assert any("expansion 1 of r2" in n and "aborted" in n for n in doc.get("notes", [])), doc
+
+
+def test_downgrade_written_by_hand_is_followed_by_an_abort(project, cli, db, database_url, tmp_path):
+    store = tmp_path / "store"
+    before, expected = _expanded(project, cli, db, database_url, store)
+    _hand_written_downgrade(project)
+    _run(cli, "downgrade", "r1", *_args(database_url, store))
+    _assert_as_before(db, before, expected)  # no trigger left to break writes, DEFAULT back
 
 
 def test_rollback_after_contract_is_refused(project, cli, db, database_url, tmp_path):

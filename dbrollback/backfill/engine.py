@@ -70,6 +70,10 @@ def _quiet(_: str) -> None:
     pass
 
 
+class _Cancelled(Exception):
+    """The backfill was cancelled (its expansion aborted) while it ran."""
+
+
 @dataclass
 class BackfillOptions:
     """How a run goes. None for a limit switches that throttle off."""
@@ -497,7 +501,12 @@ class _Run:
                     why = f"reading replication lag and lock waiters failed: {_error_text(exc)}"
                     raise self._fail(why, resumable=True) from None
                 self.result.throttled_s = throttle.waited_s
-                batch, elapsed, size = self._batch_with_retries(statements, size)
+                try:
+                    batch, elapsed, size = self._batch_with_retries(statements, size)
+                except _Cancelled:
+                    self.notify(f"{self.name}: cancelled (its expansion was aborted); stopped")
+                    self.result.status = "cancelled"
+                    return self.result
                 task.advance(batch.scanned)
                 if batch.finished:
                     self.result.status = "done"
@@ -566,16 +575,18 @@ class _Run:
                 scanned = size
             self._set_text_settings(pinned=False)
             updated = conn.execute(statements.update(self.last, upper)).rowcount
-            conn.execute(
+            cur = conn.execute(
                 """UPDATE dbrollback.backfills SET
                        last_key = coalesce(%s, last_key), rows_updated = rows_updated + %s,
                        rows_scanned = rows_scanned + %s, batches = batches + 1, batch_rows = %s,
                        status = CASE WHEN %s THEN 'done' ELSE status END,
                        finished_at = CASE WHEN %s THEN clock_timestamp() END,
                        error = NULL, updated_at = clock_timestamp()
-                   WHERE id = %s""",
+                   WHERE id = %s AND status <> 'cancelled'""",
                 (upper, updated, scanned, size, upper is None, upper is None, self.record.id),
             )
+            if cur.rowcount == 0:  # aborted meanwhile (dbrollback abort): this batch is undone
+                raise _Cancelled()
         if upper is not None:
             self.last = upper
         self.result.rows_updated += updated
@@ -612,9 +623,19 @@ class _Run:
                 self.notify(f"{self.name}: {what}; retrying the batch with {size:,} rows in {delay:.1f} s")
                 time.sleep(delay)
             except psycopg.Error as exc:
+                if self._cancelled():  # the expansion was aborted under it (its column is gone)
+                    raise _Cancelled() from None
                 raise self._fail(
                     f"a batch failed and was rolled back: {_error_text(exc)}", resumable=True
                 ) from None
+
+    def _cancelled(self) -> bool:
+        with contextlib.suppress(psycopg.Error):
+            row = self.conn.execute(
+                "SELECT status FROM dbrollback.backfills WHERE id = %s", (self.record.id,)
+            ).fetchone()
+            return bool(row and row[0] == "cancelled")
+        return False
 
     def _next_size(self, size: int, elapsed: float) -> int:
         options = self.options
@@ -637,7 +658,7 @@ class _Run:
         try:
             self.conn.execute(
                 "UPDATE dbrollback.backfills SET status = 'failed', error = %s, "
-                "updated_at = clock_timestamp() WHERE id = %s",
+                "updated_at = clock_timestamp() WHERE id = %s AND status <> 'cancelled'",
                 (why, self.record.id),
             )
         except psycopg.Error:

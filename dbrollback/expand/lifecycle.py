@@ -21,7 +21,8 @@ from psycopg import sql
 from dbrollback.durations import postgres_ms
 from dbrollback.errors import RefusedForSafety
 from dbrollback.expand import not_null, schema_objects, synced
-from dbrollback.expand.registry import ABORTED, CONTRACTED, Expansion, mark_closed
+from dbrollback.expand.registry import ABORTED, CONTRACTED, Expansion, list_expansions, mark_closed
+from dbrollback.expand.sqlexpr import referenced_columns
 from dbrollback.expand.table import LiveTable, dependents, table_by_name
 
 SYNCED_KINDS = frozenset({"synced_column", "rename_column", "change_column_type", "split_column"})
@@ -86,6 +87,33 @@ def old_shape(expansion: Expansion) -> list[str]:
     return []
 
 
+def columns_read(expansion: Expansion) -> set[str]:
+    """Columns the expansion's trigger, constraint or index uses: dropping one of them while the
+    expansion is open would break it (a trigger's PL/pgSQL leaves no dependency PostgreSQL sees)."""
+    spec = expansion.spec
+    if expansion.kind in SYNCED_KINDS:
+        found = set(spec["old"]) | {c["name"] for c in spec["new"]}
+        for expression in [*(c["up"] for c in spec["new"]), *spec.get("down", {}).values()]:
+            found.update(referenced_columns(expression))
+        return found
+    if expansion.kind == "not_null_column":
+        return {spec["column"], *referenced_columns(spec["backfill"])}
+    if expansion.kind == "foreign_key":
+        return set(spec["local_cols"])
+    return {*spec["columns"], *(referenced_columns(spec["where"]) if spec.get("where") else [])}
+
+
+def read_by_others(conn: psycopg.Connection, expansion: Expansion, columns: list[str]) -> list[str]:
+    """Why ``columns`` cannot be dropped: other open expansions of the table that use them."""
+    return [
+        f"expansion {other.id} ({describe(other)}) uses {', '.join(sorted(used))}; contract or abort it first"
+        for other in list_expansions(conn)
+        if other.id != expansion.id and other.table == expansion.table
+        for used in [columns_read(other) & set(columns)]
+        if used
+    ]
+
+
 # -- abort ---------------------------------------------------------------------------------------
 
 
@@ -93,6 +121,14 @@ def abort(conn: psycopg.Connection, expansion: Expansion, actor: str) -> Outcome
     """Drop the expansion's new shape and its trigger; the old shape has every write."""
     table = table_by_name(conn, expansion.table)
     spec = expansion.spec
+    blocked = read_by_others(conn, expansion, [s.removeprefix("column ") for s in new_shape(expansion)
+                                               if s.startswith("column ")])  # fmt: skip
+    if blocked:
+        raise RefusedForSafety(
+            f"Cannot abort expansion {expansion.id} ({describe(expansion)}): "
+            + "; ".join(blocked)
+            + ". Nothing was changed."
+        )
     dropped: list[str] = []
     if expansion.kind in SYNCED_KINDS or expansion.kind == "not_null_column":
         synced.drop_trigger(conn, table, expansion.table[0], synced.trigger_name(expansion))
@@ -171,6 +207,15 @@ def contract_problems(
         outcome.checked_rows, outcome.out_of_sync_rows = checked, bad
         if bad:
             problems.append(f"{bad:,} of {checked:,} rows have new column(s) that do not match the old ones")
+        problems += read_by_others(conn, expansion, sync.old)
+        for column in not_null_columns(expansion):
+            _, nulls = _count(
+                conn, table, sql.SQL("{} IS NULL").format(sql.Identifier(column)).as_string(conn)
+            )
+            if nulls:
+                problems.append(
+                    f"{nulls:,} rows have {column} NULL, so it cannot become NOT NULL as {sync.old[0]} is"
+                )
         for old in sync.old:
             used_by = dependents(conn, table, old)
             # Another table's foreign key or a view cannot go with the column: always refused.
@@ -252,15 +297,21 @@ def contract(
                     ),
                 ),
             )
-    for _column, name in checks:  # scans, but SHARE UPDATE EXCLUSIVE lets writes go on
-        _in_transaction(
-            conn,
-            lock_timeout,
-            retries,
-            lambda n=name: _alter(  # type: ignore[misc]
-                conn, table, sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(n))
-            ),
-        )
+    try:
+        for _column, name in checks:  # scans, but SHARE UPDATE EXCLUSIVE lets writes go on
+            _in_transaction(
+                conn,
+                lock_timeout,
+                retries,
+                lambda n=name: _alter(  # type: ignore[misc]
+                    conn, table, sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(n))
+                ),
+            )
+    except psycopg.errors.CheckViolation:
+        # A NULL written since the checks: the NOT VALID CHECK would go on refusing old code's
+        # NULL writes, so it goes (the expansion stays open; contract refuses until fixed).
+        _in_transaction(conn, lock_timeout, retries, lambda: _drop_checks(conn, table, checks))
+        raise
     if expansion.kind == "foreign_key":
         _in_transaction(
             conn,
@@ -278,6 +329,8 @@ def contract(
             _alter(conn, table, sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(column)))
             _alter(conn, table, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(name)))
         if expansion.kind in SYNCED_KINDS:
+            if len(spec["old"]) == len(spec["new"]) == 1:
+                _move_owned_sequence(conn, table, spec["old"][0], spec["new"][0]["name"])
             for old in spec["old"]:
                 _alter(conn, table, sql.SQL("DROP COLUMN {}").format(sql.Identifier(old)))
                 outcome.dropped.append(f"column {old}")
@@ -294,6 +347,23 @@ def contract(
     _in_transaction(conn, lock_timeout, retries, finish)
     outcome.action = "contracted"
     return outcome
+
+
+def _move_owned_sequence(conn: psycopg.Connection, table: LiveTable, old: str, new: str) -> None:
+    """A serial column's sequence is dropped with the column it is OWNED BY; the renamed column's
+    DEFAULT (nextval of it) needs it, so it moves to the new column first."""
+    row = conn.execute("SELECT pg_get_serial_sequence(%s, %s)", (table.ident.as_string(conn), old)).fetchone()
+    if row and row[0]:
+        conn.execute(
+            sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
+                sql.SQL(row[0]), table.ident, sql.Identifier(new)
+            )
+        )
+
+
+def _drop_checks(conn: psycopg.Connection, table: LiveTable, checks: list[tuple[str, str]]) -> None:
+    for _column, name in checks:
+        _alter(conn, table, sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def _constraint_exists(conn: psycopg.Connection, table: LiveTable, name: str) -> bool:

@@ -46,7 +46,7 @@ def start(
         sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(table.ident, sql.Identifier(column), sql.SQL(type_))
     )
     columns = [*table.columns, column]
-    value = f"CAST({row_expression(backfill, columns, 'backfill', 'new')} AS {type_})"
+    value = row_expression(backfill, columns, "backfill", "new")  # assigned: coerced, never cut
     target = sql.Identifier(column).as_string(conn)
     body = f"BEGIN IF NEW.{target} IS NULL THEN NEW.{target} := {value}; END IF; RETURN NEW; END"
     conn.execute(
@@ -61,9 +61,7 @@ def start(
             function_ident(table.name[0], name),
         )
     )
-    backfill_id = create_backfill(
-        conn, table.name, f"{target} = CAST(({backfill}) AS {type_})", f"{target} IS NULL"
-    )
+    backfill_id = create_backfill(conn, table.name, f"{target} = ({backfill})", f"{target} IS NULL")
     set_spec(conn, expansion_id, spec, backfill_id)
     return expansion_id
 

@@ -39,7 +39,7 @@ def _parse(expression: str, what: str) -> ast.Node:
 
 
 class _Rewrite(Visitor):
-    def __init__(self, columns: set[str], row: str | None) -> None:
+    def __init__(self, columns: set[str] | None, row: str | None) -> None:
         super().__init__()
         self.columns = columns
         self.row = row
@@ -57,7 +57,7 @@ class _Rewrite(Visitor):
                 f"Column reference {shown} in an expand expression must be a plain column of the table."
             )
         name: str = fields[0].sval
-        if name not in self.columns:
+        if self.columns is not None and name not in self.columns:
             self.unknown.append(name)
             return None
         self.used.append(name)
@@ -76,7 +76,12 @@ def row_expression(expression: str, columns: Iterable[str], what: str, row: str 
     return _rewrite(expression, set(columns), row, what)[0]
 
 
-def _rewrite(expression: str, columns: set[str], row: str | None, what: str) -> tuple[str, list[str]]:
+def referenced_columns(expression: str) -> list[str]:
+    """Every column an (already checked) expression reads."""
+    return _rewrite(expression, None, None, "stored")[1]
+
+
+def _rewrite(expression: str, columns: set[str] | None, row: str | None, what: str) -> tuple[str, list[str]]:
     node = _parse(expression, what)
     visitor = _Rewrite(columns, row)
     # Visit a wrapper so that the root node itself may be replaced.

@@ -62,10 +62,12 @@ class SyncSpec:
 
 
 def new_object_name(expansion_id: int) -> str:
-    """A name for an expansion's trigger and trigger function (fixed, greppable prefix). The random
-    part keeps it unique where expansion ids restart: plan's schema-only copy has a fresh catalog
-    but the user's schemas, open expansions' triggers included."""
-    return f"{OBJECT_PREFIX}expand_{expansion_id}_{secrets.token_hex(3)}"
+    """A name for an expansion's trigger and trigger function (fixed, greppable prefix). The id is
+    zero-padded because PostgreSQL fires a table's BEFORE triggers in name order: expansions then
+    fire in the order they were opened (a later one may read what an earlier one computes). The
+    random part keeps the name unique where expansion ids restart: plan's schema-only copy has a
+    fresh catalog but the user's schemas, open expansions' triggers included."""
+    return f"{OBJECT_PREFIX}expand_{expansion_id:06d}_{secrets.token_hex(3)}"
 
 
 def trigger_name(expansion: Expansion) -> str:
@@ -123,7 +125,7 @@ def start(
             function_ident(table.name[0], spec.trigger),
         )
     )
-    set_sql = ", ".join(f"{_q(conn, n.name)} = {_up(conn, n, columns, None)}" for n in spec.new)
+    set_sql = ", ".join(f"{_q(conn, n.name)} = ({n.up})" for n in spec.new)
     backfill_id = create_backfill(conn, table.name, set_sql, f"NOT ({consistent(conn, spec, columns)})")
     set_spec(conn, expansion_id, spec.to_dict(), backfill_id)
     return expansion_id
@@ -155,6 +157,8 @@ def _validate(table: LiveTable, spec: SyncSpec) -> None:
 
 
 def _up(conn: psycopg.Connection, new: NewColumn, columns: list[str], row: str | None) -> str:
+    """``up`` as a value of the new column's type, for comparisons. Writes assign ``up`` without a
+    CAST instead: assignment coercion raises where a CAST would cut a value silently (varchar(n))."""
     expression = row_expression(new.up, columns, "up", row) if row else f"({new.up})"
     return f"CAST({expression} AS {new.type})"
 
@@ -172,10 +176,10 @@ def trigger_body(
 ) -> str:
     q = lambda name: _q(conn, name)  # noqa: E731
     new_names = [n.name for n in spec.new]
-    set_new = " ".join(f"NEW.{q(n.name)} := {_up(conn, n, columns, 'new')};" for n in spec.new)
+    set_new = " ".join(f"NEW.{q(n.name)} := {row_expression(n.up, columns, 'up', 'new')};" for n in spec.new)
     if spec.down:
         set_old = " ".join(
-            f"NEW.{q(old)} := CAST({row_expression(expr, columns, 'down', 'new')} AS {spec.old_types[old]});"
+            f"NEW.{q(old)} := {row_expression(expr, columns, 'down', 'new')};"
             for old, expr in spec.down.items()
         )
     else:

@@ -86,7 +86,6 @@ class RollbackHooks:
     def before_step(self, step: PlannedStep, connection: Connection) -> None:
         conn = self._driver(connection)
         assert self._hasher is not None
-        self._abort_expansions(conn, step)
         if self.plan.strategy == "restore":
             self._before_restore(step, conn)
             return
@@ -163,6 +162,7 @@ class RollbackHooks:
 
         conn = self._driver(connection)
         assert self._hasher is not None
+        self._abort_expansions(conn, step)
         if self.plan.strategy == "restore":
             self._after_restore(step, conn)
         # Parents first: a re-inserted row (or a value put back) may reference a row re-inserted
