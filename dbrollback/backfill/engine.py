@@ -415,6 +415,21 @@ class _Batch:
     finished: bool
 
 
+# The dual-write (or fill) trigger of the expansion a backfill belongs to does nothing for the
+# backfill's own rows (it sets the new columns to exactly what the trigger would compute): the
+# trigger's WHEN skips it where this transaction-local setting names it, saving its per-row cost.
+SKIP_TRIGGER_SETTING = "dbrollback.backfilling"
+
+
+def _expansion_trigger(conn: psycopg.Connection, backfill_id: int) -> str | None:
+    row = conn.execute(
+        """SELECT spec->>'trigger' FROM dbrollback.expansions
+           WHERE backfill_id = %s AND status = 'open'""",
+        (backfill_id,),
+    ).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
 class _Run:
     def __init__(
         self,
@@ -431,6 +446,7 @@ class _Run:
         self.notify = notify
         self.name = f"Backfill {record.id} ({record.label})"
         self.last: list[str] | None = record.last_key
+        self.own_trigger = _expansion_trigger(conn, record.id)
         self.result = BackfillResult(
             record.id,
             record.label,
@@ -562,9 +578,11 @@ class _Run:
         with conn.transaction():
             conn.execute(
                 "SELECT pg_catalog.set_config('lock_timeout', %s, true), "
-                "pg_catalog.set_config('statement_timeout', %s, true)",
-                (f"{options.lock_timeout_ms}ms", f"{options.statement_timeout}ms"),
-            )
+                "pg_catalog.set_config('statement_timeout', %s, true), "
+                "pg_catalog.set_config(%s, %s, true)",
+                (f"{options.lock_timeout_ms}ms", f"{options.statement_timeout}ms",
+                 SKIP_TRIGGER_SETTING, self.own_trigger or ""),
+            )  # fmt: skip
             self._set_text_settings(pinned=True)
             row = conn.execute(statements.upper(self.last, size)).fetchone()
             upper: list[str] | None = [str(v) for v in row] if row is not None else None

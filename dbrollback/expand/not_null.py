@@ -12,6 +12,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from dbrollback.backfill.engine import SKIP_TRIGGER_SETTING
 from dbrollback.catalog import OBJECT_PREFIX
 from dbrollback.expand.registry import record_expansion, set_spec
 from dbrollback.expand.sqlexpr import check_expression, row_expression
@@ -55,9 +56,14 @@ def start(
         )
     )
     conn.execute(
-        sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        sql.SQL(
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW "
+            "WHEN (pg_catalog.current_setting({}, true) IS DISTINCT FROM {}) EXECUTE FUNCTION {}()"
+        ).format(
             sql.Identifier(name),
             table.ident,
+            sql.Literal(SKIP_TRIGGER_SETTING),
+            sql.Literal(name),
             function_ident(table.name[0], name),
         )
     )

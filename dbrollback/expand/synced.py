@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from dbrollback.backfill.engine import SKIP_TRIGGER_SETTING
 from dbrollback.catalog import OBJECT_PREFIX
 from dbrollback.errors import ConfigError
 from dbrollback.expand.registry import Expansion, record_expansion, set_spec
@@ -119,9 +120,14 @@ def start(
         )
     )
     conn.execute(
-        sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+        sql.SQL(
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW "
+            "WHEN (pg_catalog.current_setting({}, true) IS DISTINCT FROM {}) EXECUTE FUNCTION {}()"
+        ).format(
             sql.Identifier(spec.trigger),
             table.ident,
+            sql.Literal(SKIP_TRIGGER_SETTING),
+            sql.Literal(spec.trigger),
             function_ident(table.name[0], spec.trigger),
         )
     )
