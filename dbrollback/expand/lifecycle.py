@@ -121,8 +121,8 @@ def abort(conn: psycopg.Connection, expansion: Expansion, actor: str) -> Outcome
     """Drop the expansion's new shape and its trigger; the old shape has every write."""
     table = table_by_name(conn, expansion.table)
     spec = expansion.spec
-    blocked = read_by_others(conn, expansion, [s.removeprefix("column ") for s in new_shape(expansion)
-                                               if s.startswith("column ")])  # fmt: skip
+    new_columns = [s.removeprefix("column ") for s in new_shape(expansion) if s.startswith("column ")]
+    blocked = read_by_others(conn, expansion, new_columns)
     if blocked:
         raise RefusedForSafety(
             f"Cannot abort expansion {expansion.id} ({describe(expansion)}): "
