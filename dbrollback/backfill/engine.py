@@ -422,11 +422,16 @@ SKIP_TRIGGER_SETTING = "dbrollback.backfilling"
 
 
 def _expansion_trigger(conn: psycopg.Connection, backfill_id: int) -> str | None:
-    row = conn.execute(
-        """SELECT spec->>'trigger' FROM dbrollback.expansions
-           WHERE backfill_id = %s AND status = 'open'""",
-        (backfill_id,),
-    ).fetchone()
+    """The trigger of the open expansion the backfill belongs to (None: it belongs to none, or this
+    role may not read the expansions; the trigger then simply runs for the backfill's rows too)."""
+    try:
+        row = conn.execute(
+            """SELECT spec->>'trigger' FROM dbrollback.expansions
+               WHERE backfill_id = %s AND status = 'open'""",
+            (backfill_id,),
+        ).fetchone()
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable):
+        return None
     return str(row[0]) if row and row[0] else None
 
 
