@@ -19,6 +19,7 @@ table in batches of `batch_rows`, each its own transaction:
 
 A dry run (:data:`DRY_RUN`) stops after the work table, a temp table checked against the pre-image.
 """
+
 from __future__ import annotations
 
 import json
