@@ -239,7 +239,9 @@ def test_upgrade_after_rollback_keeps_old_code_writes_to_the_old_column(
     assert row == ("changed while rolled back", "changed while rolled back")
 
 
-def test_a_column_another_open_expansion_reads_is_not_dropped(project, cli, db, database_url, tmp_path):
+def _rename_then_slug(project, cli, database_url: str, tmp_path, slug_from: str) -> list[str]:
+    """customers(id, name NOT NULL) with 10 rows; r2 renames name to full_name; r3 adds a NOT NULL
+    slug computed from ``slug_from``; all upgraded."""
     args = _args(database_url, tmp_path / "s")
     project.add_revision(
         "r1",
@@ -252,22 +254,22 @@ def test_a_column_another_open_expansion_reads_is_not_dropped(project, cli, db, 
     project.add_revision(
         "r2",
         "r1",
-        """
-        from dbrollback import expand
-        expand.rename_column("customers", "name", "full_name")
-    """,
+        'from dbrollback import expand\nexpand.rename_column("customers", "name", "full_name")',
         ABORT,
     )
     project.add_revision(
         "r3",
         "r2",
-        """
-        from dbrollback import expand
-        expand.add_not_null_column("customers", "slug", "text", backfill="lower(name)")
-    """,
+        "from dbrollback import expand\n"
+        f'expand.add_not_null_column("customers", "slug", "text", backfill="lower({slug_from})")',
         ABORT,
     )
     _run(cli, "upgrade", *args)
+    return args
+
+
+def test_a_column_another_open_expansion_reads_is_not_dropped(project, cli, db, database_url, tmp_path):
+    args = _rename_then_slug(project, cli, database_url, tmp_path, "name")
     res = cli("contract", "--yes", "--json", "r2", *args)
     assert res.code == 3 and "expansion 2" in res.json["message"]
     # nothing changed: new code's writes still sync both ways, and r3's column is computed
@@ -280,34 +282,7 @@ def test_a_column_another_open_expansion_reads_is_not_dropped(project, cli, db, 
 
 
 def test_a_new_column_another_open_expansion_reads_is_not_aborted(project, cli, db, database_url, tmp_path):
-    args = _args(database_url, tmp_path / "s")
-    project.add_revision(
-        "r1",
-        None,
-        """
-        op.execute("CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL)")
-        op.execute("INSERT INTO customers SELECT g, 'C' || g FROM generate_series(1, 10) g")
-    """,
-    )
-    project.add_revision(
-        "r2",
-        "r1",
-        """
-        from dbrollback import expand
-        expand.rename_column("customers", "name", "full_name")
-    """,
-        ABORT,
-    )
-    project.add_revision(
-        "r3",
-        "r2",
-        """
-        from dbrollback import expand
-        expand.add_not_null_column("customers", "slug", "text", backfill="lower(full_name)")
-    """,
-        ABORT,
-    )
-    _run(cli, "upgrade", *args)
+    args = _rename_then_slug(project, cli, database_url, tmp_path, "full_name")
     res = cli("abort", "--yes", "--json", "r2", *args)
     assert res.code == 3 and "expansion 2" in res.json["message"]
     db.execute("INSERT INTO customers (id, name) VALUES (100, 'Old')")
