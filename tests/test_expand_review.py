@@ -14,6 +14,13 @@ import pytest
 from .test_expand import ABORT, _args, _run
 
 
+def _rename_name(project) -> None:
+    """r2: t.name renamed to full_name by expand, downgrade expand.abort()."""
+    project.add_revision(
+        "r2", "r1", 'from dbrollback import expand\nexpand.rename_column("t", "name", "full_name")', ABORT
+    )
+
+
 def _base(project, cols: str, rows_sql: str) -> None:
     project.add_revision(
         "r1",
@@ -25,7 +32,7 @@ def _base(project, cols: str, rows_sql: str) -> None:
     )
 
 
-# 1. contract of a NOT NULL column whose `up` gives NULL for some row: the NOT VALID CHECK stays
+# 1. a new column that would become NOT NULL but has NULLs: contract refuses and adds no CHECK
 def test_contract_refuses_null_where_the_new_column_becomes_not_null(
     project, cli, db, database_url, tmp_path
 ):
@@ -52,7 +59,7 @@ def test_contract_refuses_null_where_the_new_column_becomes_not_null(
     assert leftovers == []
 
 
-# 2. rename of a serial (sequence-owned) column: contract can never succeed
+# 2. rename of a serial (sequence-owned) column: the sequence moves to the new column
 def test_contract_of_a_renamed_serial_column_keeps_its_sequence(project, cli, db, database_url, tmp_path):
     args = _args(database_url, tmp_path / "s")
     _base(project, "num serial NOT NULL", "INSERT INTO t (id) VALUES (1), (2)")
@@ -72,7 +79,7 @@ def test_contract_of_a_renamed_serial_column_keeps_its_sequence(project, cli, db
     assert db.execute("INSERT INTO t (id) VALUES (4) RETURNING number").fetchone() == (4,)
 
 
-# 3. down's explicit CAST silently truncates what new code wrote (abort then loses it)
+# 3. a value that does not fit the old column fails the write; nothing is silently cut
 def test_a_value_that_does_not_fit_fails_the_write_instead_of_being_cut(
     project, cli, db, database_url, tmp_path
 ):
@@ -95,7 +102,7 @@ def test_a_value_that_does_not_fit_fails_the_write_instead_of_being_cut(
     assert db.execute("SELECT nick FROM t WHERE id = 1").fetchone() == ("abc",)
 
 
-# 4a. `dbrollback downgrade` with a hand-written downgrade leaves the trigger: every write fails
+# 4a. `dbrollback downgrade` with a hand-written downgrade: the trigger goes too
 def test_downgrade_written_by_hand_leaves_no_trigger_behind(project, cli, db, database_url, tmp_path):
     args = _args(database_url, tmp_path / "s")
     _base(project, "name text", "INSERT INTO t VALUES (1, 'a')")
@@ -117,7 +124,7 @@ def test_downgrade_written_by_hand_leaves_no_trigger_behind(project, cli, db, da
     db.execute("UPDATE t SET name = 'b' WHERE id = 1")  # old code writes after the downgrade
 
 
-# 4b. `dbrollback rollback` with the same hand-written downgrade
+# 4b. `dbrollback rollback` with the same hand-written downgrade works
 def test_rollback_with_a_downgrade_written_by_hand(project, cli, db, database_url, tmp_path):
     args = _args(database_url, tmp_path / "s")
     _base(project, "name text", "INSERT INTO t VALUES (1, 'a')")
@@ -136,22 +143,14 @@ def test_rollback_with_a_downgrade_written_by_hand(project, cli, db, database_ur
     assert res.code == 0
 
 
-# 5. abort while a backfill runs: the cancelled backfill becomes 'failed', --resume fails forever
+# 5. abort while a backfill runs: the backfill ends cancelled, --resume has nothing to do
 def test_abort_during_a_backfill_cancels_it_cleanly(project, cli, db, database_url, tmp_path):
     from dbrollback.backfill.engine import BackfillOptions, run_backfill
     from dbrollback.errors import DbrollbackError
 
     args = _args(database_url, tmp_path / "s")
     _base(project, "name text", "INSERT INTO t SELECT g, 'n' || g FROM generate_series(1, 3000) g")
-    project.add_revision(
-        "r2",
-        "r1",
-        """
-        from dbrollback import expand
-        expand.rename_column("t", "name", "full_name")
-    """,
-        ABORT,
-    )
+    _rename_name(project)
     _run(cli, "upgrade", "--no-backfill", *args)
     bid = db.execute("SELECT backfill_id FROM dbrollback.expansions").fetchone()[0]
     errors: list[BaseException] = []
@@ -174,7 +173,7 @@ def test_abort_during_a_backfill_cancels_it_cleanly(project, cli, db, database_u
     assert res.code == 0
 
 
-# 6. upgrade whose finish step meets a backfill another session runs: exit 3 after applying
+# 6. an earlier run's backfill another session runs: the upgrade applies its revisions and exits 0
 def test_an_earlier_runs_backfill_held_elsewhere_does_not_fail_the_upgrade(
     project, cli, db, database_url, tmp_path
 ):
@@ -182,15 +181,7 @@ def test_an_earlier_runs_backfill_held_elsewhere_does_not_fail_the_upgrade(
 
     args = _args(database_url, tmp_path / "s")
     _base(project, "name text", "INSERT INTO t VALUES (1, 'a')")
-    project.add_revision(
-        "r2",
-        "r1",
-        """
-        from dbrollback import expand
-        expand.rename_column("t", "name", "full_name")
-    """,
-        ABORT,
-    )
+    _rename_name(project)
     _run(cli, "upgrade", "--no-backfill", *args)
     bid = db.execute("SELECT backfill_id FROM dbrollback.expansions").fetchone()[0]
     project.add_revision(
