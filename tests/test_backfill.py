@@ -635,29 +635,3 @@ def test_batches_walk_the_key_index(db):
         plan = "\n".join(r[0] for r in db.execute(sql.SQL("EXPLAIN {}").format(query)).fetchall())
         assert "Index" in plan and "Seq Scan" not in plan, plan
         assert "ROW(a, b)" in plan.split("Cond:")[1], plan
-
-
-def test_wal_rate_limit_paces_the_batches(database_url, db):
-    # 1,000 rows of updates write several hundred kB of WAL; at 512 kB/s the batches must wait.
-    _numbers(db)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        backfill_id = create_backfill(conn, ("public", "t"), "n = n + 1")
-        result = run_backfill(
-            conn,
-            backfill_id,
-            _fast(initial_batch_rows=100, target_batch_ms=0, max_wal_bytes_per_s=512 * 1024),
-        )
-    assert result.status == "done" and result.batches >= 10
-    assert result.throttled_s > 0
-    assert set(_increments(db).values()) == {1}
-
-
-def test_max_wal_rate_flag(cli, db, database_url):
-    _numbers(db)
-    result = cli("backfill", "t", "--set", "n = n + 1", "--max-wal-rate", "fast", *_args(database_url))
-    assert result.code == 2 and "--max-wal-rate" in result.err
-    result = cli(
-        "backfill", "t", "--set", "n = n + 1", "--max-wal-rate", "50MB", "--json", *_args(database_url)
-    )
-    assert result.code == 0, result.err
-    assert set(_increments(db).values()) == {1}

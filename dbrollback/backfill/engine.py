@@ -84,10 +84,6 @@ class BackfillOptions:
     pause_ms: int = 0  # sleep between batches
     lock_timeout_ms: int = 2000  # per batch; 0: wait for locks without limit
     max_replication_lag_bytes: int | None = 64 * 1024 * 1024
-    # Before a batch: the server's WAL written since the backfill started, over its time, above this
-    # many bytes a second -> sleep until it is not (None: no limit). Every commit flushes the WAL
-    # written before it, so a backfill writing WAL fast stalls the application's commits.
-    max_wal_bytes_per_s: int | None = None
     # Before a batch: more sessions than this waiting for locks on the table -> wait (at most
     # max_lock_wait_ms) so they go first.
     max_lock_waiters: int | None = 0
@@ -105,12 +101,7 @@ class BackfillOptions:
         for name in ("initial_batch_rows", "max_batch_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"backfill option {name} must be at least 1")
-        for name in (
-            "max_replication_lag_bytes",
-            "max_lock_waiters",
-            "statement_timeout_ms",
-            "max_wal_bytes_per_s",
-        ):
+        for name in ("max_replication_lag_bytes", "max_lock_waiters", "statement_timeout_ms"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"backfill option {name} must not be negative")
@@ -507,7 +498,6 @@ class _Run:
             self.name,
             relations,
             max_lag_bytes=options.max_replication_lag_bytes,
-            max_wal_bytes_per_s=options.max_wal_bytes_per_s,
             max_lock_waiters=options.max_lock_waiters,
             max_lock_wait_s=options.max_lock_wait_ms / 1000,
             notify=self.notify,

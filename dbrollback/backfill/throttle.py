@@ -13,10 +13,6 @@ tuple lock, or on a transaction while holding a row's tuple lock of the table: t
 lock wait). Between batches the backfill holds no lock, so those sessions wait for someone else;
 starting a batch then would queue behind them (or in front of an ALTER TABLE that waits for the
 table), so the backfill lets them go first, for at most `max_wait_s` per batch.
-
-WAL rate (opt-in): the server's WAL written since the first batch may not exceed a rate; the
-backfill sleeps before a batch until it is back under it. Every commit flushes the WAL written
-before it, so this is what bounds the application's commit stalls behind a fast backfill.
 """
 
 from __future__ import annotations
@@ -65,7 +61,6 @@ class Throttle:
         relations: list[int],
         *,
         max_lag_bytes: int | None,
-        max_wal_bytes_per_s: int | None = None,
         max_lock_waiters: int | None,
         max_lock_wait_s: float,
         notify: Callable[[str], None],
@@ -75,8 +70,6 @@ class Throttle:
         self.name = name
         self.relations = relations
         self.max_lag_bytes = max_lag_bytes
-        self.max_wal_bytes_per_s = max_wal_bytes_per_s
-        self._wal_start: tuple[int, float] | None = None  # (WAL position, monotonic time)
         self.max_lock_waiters = max_lock_waiters
         self.max_lock_wait_s = max_lock_wait_s
         self.notify = notify
@@ -87,7 +80,7 @@ class Throttle:
 
     def wait(self) -> float:
         """Wait as needed before the next batch; returns the seconds waited."""
-        waited = self._wait_for_standbys() + self._wait_for_lock_waiters() + self._pace_wal()
+        waited = self._wait_for_standbys() + self._wait_for_lock_waiters()
         self.waited_s += waited
         return waited
 
@@ -121,24 +114,6 @@ class Throttle:
         waited = time.monotonic() - started
         self.notify(f"{self.name}: replication lag back under the limit after {waited:.1f} s")
         return waited
-
-    def _pace_wal(self) -> float:
-        """Sleep until the server's WAL since the first batch, at the limit, would have taken as long."""
-        if self.max_wal_bytes_per_s is None:
-            return 0.0
-        row = self.conn.execute(
-            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::bigint"
-        ).fetchone()
-        position, now = (int(row[0]) if row else 0), time.monotonic()
-        if self._wal_start is None:
-            self._wal_start = (position, now)
-            return 0.0
-        start_position, start_time = self._wal_start
-        due = (position - start_position) / max(self.max_wal_bytes_per_s, 1) - (now - start_time)
-        if due <= 0:
-            return 0.0
-        self.sleep(due)
-        return due
 
     def lock_waiters(self) -> int:
         row = self.conn.execute(_LOCK_WAITERS_SQL, {"relations": self.relations}).fetchone()

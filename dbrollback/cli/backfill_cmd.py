@@ -20,13 +20,13 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
 
 
-def _bytes(text: str, option: str = "--max-lag-bytes") -> int | None:
+def _bytes(text: str) -> int | None:
     """`64MB`, `65536`, `off` (None)."""
     if text.strip().lower() in _OFF:
         return None
     match = _SIZE.match(text)
     if not match:
-        raise ConfigError(f"{option}: expected a size such as 64MB or 'off', got {text!r}")
+        raise ConfigError(f"--max-lag-bytes: expected a size such as 64MB or 'off', got {text!r}")
     unit = match.group(2).lower() if match.group(2) else None
     return int(match.group(1)) * _SIZE_UNITS[unit]
 
@@ -61,7 +61,6 @@ def _options(
     lock_timeout: str | None,
     lock_retries: int | None,
     max_batches: int | None,
-    max_wal_rate: str | None = None,
 ) -> BackfillOptions:
     from dbrollback.backfill.engine import BackfillOptions
 
@@ -79,8 +78,6 @@ def _options(
         options.max_replication_lag_bytes = _bytes(max_lag_bytes)
     if max_lock_waiters is not None:
         options.max_lock_waiters = _count("--max-lock-waiters", max_lock_waiters)
-    if max_wal_rate is not None:
-        options.max_wal_bytes_per_s = _bytes(max_wal_rate, "--max-wal-rate")
     if lock_timeout is not None:
         options.lock_timeout_ms = _ms("--lock-timeout", lock_timeout, optional=True)
     if lock_retries is not None:
@@ -171,12 +168,6 @@ def render_list(console: Console, records: list[BackfillRecord]) -> None:
     help="Wait while a standby replays more than this behind (e.g. 16MB; 'off') [64MB].",
 )
 @click.option(
-    "--max-wal-rate",
-    metavar="SIZE",
-    help="Keep the server's WAL rate under this many bytes a second (e.g. 30MB), sleeping between "
-    "batches: bounds the application's commit stalls ('off') [off].",
-)
-@click.option(
     "--max-lock-waiters",
     metavar="N",
     help="Wait (up to 5 s a batch) while more sessions than this wait for the table's locks ('off') [0].",
@@ -218,7 +209,6 @@ def backfill(
     max_batch_rows: int | None,
     pause: str | None,
     max_lag_bytes: str | None,
-    max_wal_rate: str | None,
     max_lock_waiters: str | None,
     lock_timeout: str | None,
     lock_retries: int | None,
@@ -245,7 +235,7 @@ def backfill(
     console = state.console
     settings = state.settings(actor=actor)
     flags_for_runs = [batch_time, batch_rows, max_batch_rows, pause, max_lag_bytes, max_lock_waiters,
-                      lock_timeout, lock_retries, max_batches, max_wal_rate]  # fmt: skip
+                      lock_timeout, lock_retries, max_batches]  # fmt: skip
     if list_all and not list_:
         raise ConfigError("--all applies to --list only")
     if backfill_id is not None and not resume:
@@ -260,7 +250,7 @@ def backfill(
             render_list(console, records)
         return 0
     options = _options(batch_time, batch_rows, max_batch_rows, pause, max_lag_bytes, max_lock_waiters,
-                       lock_timeout, lock_retries, max_batches, max_wal_rate)  # fmt: skip
+                       lock_timeout, lock_retries, max_batches)  # fmt: skip
     options.check()
     if resume:
         if table or set_sql or where_sql or dry_run:
