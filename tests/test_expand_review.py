@@ -14,10 +14,10 @@ import pytest
 from .test_expand import ABORT, _args, _run
 
 
-def _rename_name(project) -> None:
-    """r2: t.name renamed to full_name by expand, downgrade expand.abort()."""
+def _rename_name(project, downgrade: str = ABORT) -> None:
+    """r2: t.name renamed to full_name by expand, downgrade expand.abort() unless given."""
     project.add_revision(
-        "r2", "r1", 'from dbrollback import expand\nexpand.rename_column("t", "name", "full_name")', ABORT
+        "r2", "r1", 'from dbrollback import expand\nexpand.rename_column("t", "name", "full_name")', downgrade
     )
 
 
@@ -106,15 +106,7 @@ def test_a_value_that_does_not_fit_fails_the_write_instead_of_being_cut(
 def test_downgrade_written_by_hand_leaves_no_trigger_behind(project, cli, db, database_url, tmp_path):
     args = _args(database_url, tmp_path / "s")
     _base(project, "name text", "INSERT INTO t VALUES (1, 'a')")
-    project.add_revision(
-        "r2",
-        "r1",
-        """
-        from dbrollback import expand
-        expand.rename_column("t", "name", "full_name")
-    """,
-        'op.drop_column("t", "full_name")',
-    )
+    _rename_name(project, 'op.drop_column("t", "full_name")')
     _run(cli, "upgrade", *args)
     res = cli("downgrade", "r1", *args)
     assert res.code == 0
@@ -128,15 +120,7 @@ def test_downgrade_written_by_hand_leaves_no_trigger_behind(project, cli, db, da
 def test_rollback_with_a_downgrade_written_by_hand(project, cli, db, database_url, tmp_path):
     args = _args(database_url, tmp_path / "s")
     _base(project, "name text", "INSERT INTO t VALUES (1, 'a')")
-    project.add_revision(
-        "r2",
-        "r1",
-        """
-        from dbrollback import expand
-        expand.rename_column("t", "name", "full_name")
-    """,
-        'op.drop_column("t", "full_name")',
-    )
+    _rename_name(project, 'op.drop_column("t", "full_name")')
     _run(cli, "upgrade", "r1", *args)
     _run(cli, "upgrade", *args)
     res = cli("rollback", "--yes", *args)

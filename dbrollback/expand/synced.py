@@ -45,7 +45,6 @@ class SyncSpec:
     old: list[str]
     new: list[NewColumn]
     down: dict[str, str] = field(default_factory=dict)  # old column -> SQL over the new columns
-    old_types: dict[str, str] = field(default_factory=dict)
     moved_defaults: dict[str, str] = field(default_factory=dict)  # old column -> its DEFAULT
     new_default: str | None = None  # DEFAULT given to the (single) new column at contract
     not_null: bool = False  # contract makes the new column(s) NOT NULL (the old one was)
@@ -97,7 +96,6 @@ def start(
     require_key(conn, table)
     for old in spec.old:
         column = table.column(old)
-        spec.old_types[old] = column.type
         if column.default is not None:
             spec.moved_defaults[old] = column.default
     expansion_id = record_expansion(conn, revision=revision, kind=kind, table=table.name, spec=spec.to_dict())
@@ -254,10 +252,6 @@ def _raise(conn: psycopg.Connection, expansion_id: int, table: LiveTable, spec: 
     )
     literal = sql.Literal(message).as_string(conn)
     return f"RAISE EXCEPTION USING ERRCODE = 'check_violation', MESSAGE = {literal};"
-
-
-def spec_of(expansion: Expansion) -> SyncSpec:
-    return SyncSpec.from_dict(expansion.spec)
 
 
 def drop_trigger(conn: psycopg.Connection, table: LiveTable | None, schema: str, name: str) -> None:
